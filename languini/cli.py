@@ -1,0 +1,314 @@
+"""The `languini` command: parses options, calls the library, prints prose or JSON."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from languini.errors import UserError
+from languini.io import to_json
+
+
+class Group(click.Group):
+    """Turns a UserError anywhere below into one sentence on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def emit(as_json: bool, obj: Any, prose: str) -> None:
+    click.echo(to_json(obj) if as_json else prose, nl=not as_json)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
+                               help="Progress bars on stderr.")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="languini")
+def main() -> None:
+    """languini: compute-matched language-model benchmarks (the Languini Kitchen protocol).
+
+    A compute class is hours on a reference accelerator. `throughput` measures how many tokens
+    per second your model trains, the class turns that into a token budget, `train` trains
+    exactly that budget and evaluates on the fixed test split.
+
+    \b
+    Quick start:
+      languini data prepare builtin:stdlib --out data/stdlib
+      languini train --family gpt --config nano --data data/stdlib --class cpu-2m --out runs/demo
+      languini eval runs/demo
+    """
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+@main.group()
+def data() -> None:
+    """Prepare corpora: tokenizer, splits and token shards."""
+
+
+def _split_fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(p) for p in text.split("/")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
+        raise UserError(f"--split takes three non-negative numbers like 98/1/1, got '{text}'.")
+    total = sum(parts)
+    return parts[0] / total, parts[1] / total, parts[2] / total
+
+
+@data.command("prepare")
+@click.argument("sources", nargs=-1)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--domain", "domains", multiple=True, metavar="NAME=SOURCE",
+              help="A source whose documents all belong to domain NAME (repeatable).")
+@click.option("--tokenizer", default="sentencepiece", show_default=True,
+              help="'sentencepiece' (BPE trained on the train split), 'bytes', or a .model file.")
+@click.option("--vocab-size", default=8192, show_default=True, help="SentencePiece vocabulary size.")
+@click.option("--domain-field", default=None, help="Dotted JSON field holding a document's domain, "
+              "e.g. meta.redpajama_set_name.")
+@click.option("--split", "split_text", default="98/1/1", show_default=True,
+              help="Train/validation/test shares; a document's split follows from a hash of its text.")
+@click.option("--skip-bad-lines", is_flag=True, help="Skip and count malformed JSON lines instead of stopping.")
+@click.option("--force", is_flag=True, help="Replace an --out folder that holds a different dataset.")
+@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the tokenizer's training sample.")
+@progress_option
+@json_option
+def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], tokenizer: str, vocab_size: int,
+                 domain_field: str | None, split_text: str, skip_bad_lines: bool, force: bool,
+                 workers: int | None, seed: int, progress: bool, as_json: bool) -> None:
+    """Tokenize SOURCES into a prepared-data folder.
+
+    \b
+    SOURCE is one of:
+      builtin:stdlib        this Python's standard library (domains: code, prose)
+      FILE.jsonl[.gz|.zst]  one JSON document per line with a "text" field
+      FILE.parquet          a "text" column
+      FOLDER                a folder of .txt files, one document each
+      hf:NAME               a Hugging Face dataset (or a dataset saved to disk)
+    """
+    from languini.data.prepare import prepare
+
+    for d in domains:
+        if "=" not in d:
+            raise UserError(f"--domain takes NAME=SOURCE, got '{d}'.")
+    specs = list(sources) + list(domains)
+    if not specs:
+        raise UserError("Name at least one source, e.g. builtin:stdlib.")
+    manifest = prepare(specs, out, tokenizer=tokenizer, vocab_size=vocab_size, domain_field=domain_field,
+                       split=_split_fractions(split_text), skip_bad_lines=skip_bad_lines, force=force,
+                       workers=workers, progress=progress, seed=seed)
+    lines = [f"Prepared {out}  (tokenizer {manifest['tokenizer']['kind']}, "
+             f"vocabulary {manifest['tokenizer']['vocab_size']}, {manifest['dtype']})"]
+    for name, info in manifest["splits"].items():
+        lines.append(f"  {name:<10} {info['documents']:>9,} documents {info['tokens']:>12,} tokens")
+    lines.append(f"  domains: {', '.join(manifest['domains'])}")
+    emit(as_json, manifest, "\n".join(lines))
+
+
+# --- compute ----------------------------------------------------------------------------
+
+
+@main.command("classes")
+@json_option
+def classes(as_json: bool) -> None:
+    """List the compute classes (compute_classes/*.toml)."""
+    from dataclasses import asdict
+
+    from languini.compute import load_classes
+
+    found = load_classes()
+    lines = [f"{c.name:<10} {c.hours:>10.4g} h on {c.reference}" for c in found.values()]
+    emit(as_json, [asdict(c) for c in found.values()], "\n".join(lines))
+
+
+def _model_options(f):
+    for option in reversed([
+        click.option("--family", required=True, help="gpt, qlstm, or module.path:Class for your own model."),
+        click.option("--config", "config_name", required=True,
+                     help="A size from the family's configs.toml (nano, micro, mini, small, ...) or a .toml file."),
+        click.option("--batch-size", type=int, default=None, help="Global batch in sequences (default: the size's)."),
+        click.option("--micro-batch-size", type=int, default=None,
+                     help="Sequences per forward pass; gradients accumulate up to --batch-size."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _train_overrides(**kwargs: Any) -> dict[str, Any]:
+    kwargs["compile"] = kwargs.pop("compile_") or None
+    return kwargs
+
+
+@main.command("throughput")
+@_model_options
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Prepared data whose vocabulary the model will use.")
+@click.option("--vocab-size", type=int, default=None, help="Vocabulary size when no --data is given.")
+@click.option("--warmup", default=3, show_default=True, help="Untimed warm-up steps.")
+@click.option("--steps", default=10, show_default=True, help="Timed steps (the median is reported).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the certificate here.")
+@progress_option
+@json_option
+def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None,
+                   device: str, compile_: bool, data_dir: Path | None, vocab_size: int | None, warmup: int,
+                   steps: int, out: Path | None, progress: bool, as_json: bool) -> None:
+    """Measure training tokens/s and write a throughput certificate."""
+    from languini import throughput
+    from languini.config import train_config
+    from languini.data.loader import PreparedData
+    from languini.family import load_family
+    from languini.io import atomic_write_json
+
+    if warmup < 0 or steps < 1:
+        raise UserError("--warmup must be >= 0 and --steps >= 1.")
+    fam = load_family(family)
+    vocab = PreparedData(data_dir).vocab_size if data_dir else vocab_size
+    model_cfg, defaults = fam.config(config_name, vocab_size=vocab)
+    tcfg = train_config(defaults, _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size,
+                                                   device=device, compile_=compile_))
+    tcfg.micro()
+    cert = throughput.measure(fam, config_name, model_cfg, tcfg, warmup=warmup, steps=steps, progress=progress)
+    if out:
+        atomic_write_json(out, cert)
+    emit(as_json, cert, f"{fam.name}/{config_name} on {cert['device']}: {cert['tokens_per_second']:,.0f} tokens/s "
+         f"(batch {cert['batch_size']} × {cert['seq_len']}, median of {steps} steps)"
+         + (f"\ncertificate: {out}" if out else ""))
+
+
+def _read_certificate(path: Path) -> dict[str, Any]:
+    from languini.io import read_json
+
+    cert = read_json(path, "Throughput certificate")
+    if not isinstance(cert, dict):
+        raise UserError(f"{path} is not a throughput certificate.")
+    return cert
+
+
+@main.command("budget")
+@click.option("--class", "class_name", required=True, help="Compute class (see `languini classes`).")
+@click.option("--throughput", "cert_path", required=True, type=click.Path(path_type=Path),
+              help="A certificate written by `languini throughput --out`.")
+@click.option("--batch-size", type=int, default=None, help="Default: the certificate's.")
+@click.option("--seq-len", type=int, default=None, help="Default: the certificate's.")
+@click.option("--device-factor", type=float, default=None,
+              help="Reference yardstick tokens/s ÷ this device's, when measured off the reference.")
+@json_option
+def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len: int | None,
+               device_factor: float | None, as_json: bool) -> None:
+    """Turn a compute class and a certificate into tokens, steps and reference-hours."""
+    from languini.compute import budget_from_certificate, get_class
+
+    b = budget_from_certificate(get_class(class_name), _read_certificate(cert_path), device_factor,
+                                batch_size, seq_len)
+    emit(as_json, b.to_dict(),
+         f"class {b.compute_class} ({b.hours:g} h on {b.reference}) at {b.reference_tokens_per_second:,.0f} "
+         f"reference tokens/s: {b.tokens:,} tokens = {b.steps:,} steps of {b.batch_size}×{b.seq_len} "
+         f"({b.reference_hours:.4g} reference-hours trained; device factor {b.device_factor:g})")
+
+
+# --- train and eval ---------------------------------------------------------------------
+
+
+@main.command("train")
+@_model_options
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="A folder written by `languini data prepare`.")
+@click.option("--class", "class_name", required=True, help="Compute class (see `languini classes`).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
+@click.option("--throughput", "cert_path", type=click.Path(path_type=Path), default=None,
+              help="Use this certificate instead of measuring now.")
+@click.option("--device-factor", type=float, default=None,
+              help="Reference yardstick tokens/s ÷ this device's, when training off the reference.")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the size's).")
+@click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps.")
+@click.option("--seed", type=int, default=None, help="Seed of initialisation (default 0).")
+@click.option("--eval-every", type=int, default=None, help="Steps between validations (default: ~10 per run).")
+@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@progress_option
+@json_option
+def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None, device: str,
+              compile_: bool, data_dir: Path, class_name: str, out: Path, cert_path: Path | None,
+              device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
+              eval_every: int | None, force: bool, progress: bool, as_json: bool) -> None:
+    """Measure throughput, train exactly the class's token budget, evaluate on the test split."""
+    from languini import trainer
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"Run directory {out} already exists; pass --force to replace it.")
+    overrides = _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size, device=device,
+                                 compile_=compile_, lr=lr, warmup_steps=warmup_steps, seed=seed,
+                                 eval_every=eval_every)
+    cert = _read_certificate(cert_path) if cert_path else None
+    p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert, device_factor, progress)
+    if not as_json:
+        b = p.budget
+        click.echo(f"budget: {b.tokens:,} tokens = {b.steps:,} steps of {b.batch_size}×{b.seq_len} "
+                   f"at {b.tokens_per_second:,.0f} tokens/s on {b.device}", err=True)
+    result = trainer.train(p, out, force=force, progress=progress)
+    emit(as_json, result, _summary(result, out))
+
+
+def _summary(r: dict[str, Any], run: Path) -> str:
+    t = r["test"]
+    tb = run / "tb"
+    return "\n".join([
+        f"{r['family']}/{r['config']}: {r['params']:,} parameters, class {r['compute_class']}",
+        f"  tokens trained      {r['tokens_trained']:,} of a {r['budget_tokens']:,}-token budget ({r['steps']:,} steps)",
+        f"  reference-hours     {r['reference_hours']:.4g} on {r['reference']} (device factor {r['device_factor']:g})",
+        f"  test bits-per-byte  {t['bits_per_byte']:.4f}   (unigram baseline {r['unigram_bits_per_byte']:.4f})",
+        f"  test perplexity     {t['token_perplexity']:.2f} per token, {t['char_perplexity']:.3f} per character",
+        f"  run directory       {run}",
+        f"  TensorBoard logs    {tb}",
+        f"  look at them with   tensorboard --logdir {tb}",
+    ])
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
+@click.option("--batch-size", default=16, show_default=True, help="Windows (or streams) per forward pass.")
+@click.option("--stride", type=int, default=None, help="GPT window stride (default: a quarter of seq_len).")
+@click.option("--device", default="auto", show_default=True)
+@progress_option
+@json_option
+def eval_cmd(run_dir: Path, split: str, batch_size: int, stride: int | None, device: str, progress: bool,
+             as_json: bool) -> None:
+    """Bits-per-byte and perplexities of a trained run on a whole split.
+
+    Writes RUN_DIR/eval-SPLIT.json. Bits-per-byte divides the summed negative log-likelihood
+    (in bits) by the UTF-8 bytes of the split's decoded text; character perplexity is what
+    Languini Kitchen calls normalised perplexity.
+    """
+    from languini.evaluate import evaluate_run
+    from languini.io import atomic_write_json
+
+    if batch_size < 1 or (stride is not None and stride < 1):
+        raise UserError("--batch-size and --stride must be positive.")
+    result = evaluate_run(run_dir, split, batch_size, stride, device, progress)
+    atomic_write_json(run_dir / f"eval-{split}.json", result)
+    m = result[split]
+    emit(as_json, result, f"{split}: {m['bits_per_byte']:.4f} bits/byte, token perplexity "
+         f"{m['token_perplexity']:.2f}, char perplexity {m['char_perplexity']:.3f} over {m['tokens']:,} tokens "
+         f"({m['bytes']:,} bytes); unigram {result['unigram_bits_per_byte']:.4f} bits/byte")
+
+
+if __name__ == "__main__":
+    main()

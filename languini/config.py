@@ -1,0 +1,96 @@
+"""Training and run configuration: dataclasses, TOML in and out, unknown keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from languini.errors import UserError
+from languini.family import make_dataclass_strict
+
+
+@dataclass
+class TrainConfig:
+    """How to spend a budget. The budget itself (how many steps) comes from the compute class."""
+
+    batch_size: int = 16  # global batch in sequences: fixed by the certificate, not by memory
+    micro_batch_size: int | None = None  # gradient accumulation when the batch does not fit
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio on the last budgeted step
+    warmup_steps: int = 100  # capped at a tenth of the run for short budgets
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 0  # steps between validations; 0 means about ten per run
+    eval_tokens: int = 65536  # validation tokens per periodic check (the test is always whole)
+    eval_stride: int | None = None  # GPT evaluation window stride; None means seq_len // 4
+    log_every: int = 10
+    device: str = "auto"
+    compile: bool = False
+
+    def micro(self) -> int:
+        m = self.micro_batch_size or self.batch_size
+        if m < 1 or self.batch_size % m:
+            raise UserError(f"The batch size {self.batch_size} is not a multiple of the micro-batch size {m}.")
+        return m
+
+
+def train_config(defaults: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    """Family defaults from configs.toml, then the command line's explicit options on top."""
+    values = dict(defaults)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return make_dataclass_strict(TrainConfig, values, "training config")
+
+
+@dataclass
+class RunConfig:
+    """What a run directory's config.toml holds: enough to rebuild the model and the data."""
+
+    family: str
+    config_name: str
+    compute_class: str
+    data: str
+    data_fingerprint: str
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """Flat keys, then [model] and [train]; None values are left out (TOML has no null)."""
+    lines = []
+    tables = {}
+    for key, value in dataclasses.asdict(cfg).items():
+        if isinstance(value, dict):
+            tables[key] = value
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables.items():
+        lines.append(f"\n[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def load_run_config(path: Path) -> RunConfig:
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"No config.toml in {path.parent}: is it a run directory?") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML ({e}).") from None
+    return make_dataclass_strict(RunConfig, table, str(path))

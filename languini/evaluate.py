@@ -1,0 +1,214 @@
+"""Scoring a split: per-token negative log-likelihoods, then metrics over bytes and characters.
+
+Scoring (model or unigram → one NLL per predicted token) is kept apart from aggregation
+(NLLs + document metadata → metrics), so every scorer is measured by the same arithmetic:
+    bits_per_byte    = Σ NLL / ln 2 / UTF-8 bytes of the decoded split
+    token_perplexity = exp(Σ NLL / predicted tokens)
+    char_perplexity  = exp(Σ NLL / characters)   (Languini Kitchen's "normalised perplexity")
+Every token but the split's first is predicted exactly once, end-of-document tokens included;
+bytes and characters are those of every document's decoded text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from languini import device as devices
+from languini.data.loader import PreparedData, TokenStream
+
+
+@dataclass
+class TokenScores:
+    nll: np.ndarray  # float64, one per target token 1..N-1 of the split
+    correct: np.ndarray | None  # top-1 prediction right, where the scorer has a prediction
+
+
+def _gpt_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
+    """(input start, first scored position in the window) for sliding windows of seq_len.
+
+    The first window scores all its targets; each later one moves by `stride` and scores only
+    the targets not scored before, so each has at least seq_len − stride tokens of context.
+    """
+    if n_tokens - 1 <= seq_len:
+        return [(0, 0)]
+    windows, done = [(0, 0)], seq_len + 1  # targets 1..seq_len are scored
+    while done < n_tokens:
+        end = min(done + stride, n_tokens)
+        start = end - 1 - seq_len
+        windows.append((start, done - (start + 1)))
+        done = end
+    return windows
+
+
+def _nll_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.float()
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return nll.view(targets.shape), logits.argmax(-1) == targets
+
+
+@torch.no_grad()
+def score_windows(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, stride: int,
+                  batch_size: int, dev: torch.device, progress: bool = False) -> TokenScores:
+    """A stateless model over sliding windows (see `_gpt_windows`)."""
+    n = len(tokens)
+    length = min(seq_len, n - 1)
+    windows = _gpt_windows(n, seq_len, stride)
+    nll = np.empty(n - 1, dtype=np.float64)
+    correct = np.empty(n - 1, dtype=bool)
+    t = torch.from_numpy(tokens.astype(np.int64))
+    for i in tqdm(range(0, len(windows), batch_size), desc="eval", disable=not progress, leave=False):
+        chunk = windows[i : i + batch_size]
+        x = torch.stack([t[s : s + length] for s, _ in chunk]).to(dev)
+        y = torch.stack([t[s + 1 : s + 1 + length] for s, _ in chunk]).to(dev)
+        with devices.autocast(dev):
+            logits, _ = model(x)
+        w_nll, w_ok = (a.cpu().numpy() for a in _nll_and_correct(logits, y))
+        for row, (s, first) in enumerate(chunk):
+            nll[s + first : s + length] = w_nll[row, first:]
+            correct[s + first : s + length] = w_ok[row, first:]
+    return TokenScores(nll, correct)
+
+
+@torch.no_grad()
+def score_streams(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
+                  dev: torch.device, progress: bool = False) -> TokenScores:
+    """A stateful model over `batch_size` contiguous streams, state carried chunk to chunk."""
+    n_targets = len(tokens) - 1
+    rows = min(batch_size, n_targets)
+    length = math.ceil(n_targets / rows)
+    pad = rows * length - n_targets
+    x = np.concatenate([tokens[:-1], np.zeros(pad, tokens.dtype)]).astype(np.int64).reshape(rows, length)
+    y = np.concatenate([tokens[1:], np.zeros(pad, tokens.dtype)]).astype(np.int64).reshape(rows, length)
+    nll = np.empty((rows, length), dtype=np.float64)
+    correct = np.empty((rows, length), dtype=bool)
+    state = None
+    for a in tqdm(range(0, length, seq_len), desc="eval", disable=not progress, leave=False):
+        xb = torch.from_numpy(x[:, a : a + seq_len]).to(dev)
+        yb = torch.from_numpy(y[:, a : a + seq_len]).to(dev)
+        with devices.autocast(dev):
+            logits, state = model(xb, state)
+        c_nll, c_ok = _nll_and_correct(logits, yb)
+        nll[:, a : a + seq_len] = c_nll.cpu().numpy()
+        correct[:, a : a + seq_len] = c_ok.cpu().numpy()
+    return TokenScores(nll.reshape(-1)[:n_targets], correct.reshape(-1)[:n_targets])
+
+
+def unigram_counts(stream: TokenStream, vocab_size: int) -> np.ndarray:
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for shard in stream.shards:
+        counts += np.bincount(np.asarray(shard), minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def score_unigram(counts: np.ndarray, tokens: np.ndarray) -> TokenScores:
+    """A unigram model of the train split (add-one smoothed): the floor any LM must beat."""
+    logp = np.log(counts + 1.0) - np.log(counts.sum() + len(counts))
+    return TokenScores(-logp[tokens[1:]], None)
+
+
+def _metrics(nll_sum: float, n_tokens: int, n_bytes: int, n_chars: int, n_correct: int | None) -> dict:
+    out = {
+        "bits_per_byte": nll_sum / math.log(2) / n_bytes if n_bytes else float("nan"),
+        "token_perplexity": math.exp(nll_sum / n_tokens),
+        "char_perplexity": math.exp(nll_sum / n_chars) if n_chars else float("nan"),
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "chars": n_chars,
+    }
+    if n_correct is not None:
+        out["accuracy"] = n_correct / n_tokens
+    return out
+
+
+@dataclass(frozen=True)
+class SplitText:
+    """What the metrics divide by: each document's decoded bytes and characters, and domains."""
+
+    domains: list[str]
+    doc_domains: np.ndarray
+    doc_bytes: np.ndarray
+    doc_chars: np.ndarray
+    target_doc: np.ndarray  # the document of each target position 1..N-1
+
+    @classmethod
+    def load(cls, data: PreparedData, split: str, tokens: np.ndarray) -> "SplitText":
+        docs = data.documents(split)
+        tok = data.tokenizer
+        n_docs = len(docs.offsets) - 1
+        doc_bytes = np.zeros(n_docs, dtype=np.int64)
+        doc_chars = np.zeros(n_docs, dtype=np.int64)
+        for i in range(n_docs):
+            ids = tokens[docs.offsets[i] : docs.offsets[i + 1]]
+            text = tok.decode([int(t) for t in ids if t != tok.eod_id])
+            doc_bytes[i], doc_chars[i] = len(text.encode("utf-8")), len(text)
+        target_doc = np.searchsorted(docs.offsets, np.arange(1, len(tokens)), side="right") - 1
+        return cls(data.domains, docs.domains, doc_bytes, doc_chars, target_doc)
+
+
+def summarize(scores: TokenScores, text: SplitText) -> dict:
+    """Overall and per-domain metrics of one scorer over a split."""
+    correct = scores.correct
+    result = _metrics(float(scores.nll.sum()), len(scores.nll), int(text.doc_bytes.sum()),
+                      int(text.doc_chars.sum()), None if correct is None else int(correct.sum()))
+    by_domain = {}
+    for d, name in enumerate(text.domains):
+        in_domain = text.doc_domains[text.target_doc] == d
+        if not in_domain.any():
+            continue
+        doc_mask = text.doc_domains == d
+        by_domain[name] = _metrics(
+            float(scores.nll[in_domain].sum()), int(in_domain.sum()), int(text.doc_bytes[doc_mask].sum()),
+            int(text.doc_chars[doc_mask].sum()), None if correct is None else int(correct[in_domain].sum()),
+        )
+    result["by_domain"] = by_domain
+    return result
+
+
+def score_model(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: torch.device,
+                batch_size: int = 16, stride: int | None = None, progress: bool = False) -> TokenScores:
+    """The fixed protocol: sliding windows for stateless models, carried state for stateful."""
+    model.eval()
+    if getattr(model, "stateful", False):
+        return score_streams(model, tokens, seq_len, batch_size, dev, progress)
+    return score_windows(model, tokens, seq_len, stride or max(1, seq_len // 4), batch_size, dev, progress)
+
+
+def evaluate_run(run_path, split: str = "test", batch_size: int = 16, stride: int | None = None,
+                 device: str = "auto", progress: bool = False) -> dict:
+    """Score a finished run's checkpoint on a whole split, next to the train-split unigram."""
+    from languini.family import load_family, make_dataclass_strict
+    from languini.run import RunDir
+
+    run = RunDir.open(run_path)
+    cfg = run.read_config()
+    family = load_family(cfg.family)
+    model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
+    dev = devices.resolve(device)
+    model = family.build(model_cfg)
+    model.load_state_dict(run.load_checkpoint()["model"])
+    model.to(dev)
+    data = PreparedData(cfg.data)
+    if data.fingerprint != cfg.data_fingerprint:
+        from languini.errors import UserError
+
+        raise UserError(f"The data at {cfg.data} is not the data this run trained on (fingerprint differs).")
+    tokens = data.stream(split).all()
+    stride = stride or max(1, model_cfg.seq_len // 4)
+    scores = score_model(model, tokens, model_cfg.seq_len, dev, batch_size, stride, progress)
+    unigram = score_unigram(unigram_counts(data.stream("train"), data.vocab_size), tokens)
+    text = SplitText.load(data, split, tokens)
+    metrics = summarize(scores, text)
+    metrics["protocol"] = {
+        "split": split,
+        "whole_split": True,
+        "method": "carried-state streams" if getattr(model, "stateful", False) else "sliding windows",
+        "seq_len": model_cfg.seq_len,
+        "stride": None if getattr(model, "stateful", False) else stride,
+    }
+    return {split: metrics, "unigram_bits_per_byte": summarize(unigram, text)["bits_per_byte"]}

@@ -1,0 +1,34 @@
+"""Test-wide setup.
+
+Triton kernels run under the interpreter on machines without CUDA. Triton reads
+TRITON_INTERPRET when a kernel is decorated, so it is set here, before any test module can
+import `baselines.qlstm.kernels`. Tests that touch `datasets` or lm-eval must never reach the
+network: the hub switches are forced off and HF_HOME points into a temporary folder.
+"""
+
+import os
+import tempfile
+
+import pytest
+
+try:
+    import torch
+
+    _HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover - torch is a hard dependency
+    _HAS_CUDA = False
+
+if not _HAS_CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="languini-hf-"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if _HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (runs in tests/gpu on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
