@@ -1,0 +1,124 @@
+"""The whole walk through the CLI on a tiny corpus: prepare → throughput → train → eval."""
+
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from languini.cli import main
+
+WORDS = ("the cat sat on a mat while dogs ran past the old red barn and birds sang of rain "
+         "over hills where quiet rivers meet green fields under a pale morning sky").split()
+
+
+def tiny_corpus(path, n_docs=400, seed=0):
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n_docs):
+            domain = "verse" if i % 3 == 0 else "story"
+            sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))).capitalize() + "."
+                         for _ in range(rng.randint(3, 8))]
+            f.write(json.dumps({"id": f"doc-{i}", "text": " ".join(sentences), "meta": {"set": domain}}) + "\n")
+    return path
+
+
+def invoke(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    corpus = tiny_corpus(tmp / "corpus.jsonl")
+    data, run, cert = tmp / "data", tmp / "run", tmp / "cert.json"
+    invoke("data", "prepare", corpus, "--out", data, "--vocab-size", 300, "--domain-field", "meta.set",
+           "--split", "80/10/10", "--no-progress")
+    invoke("throughput", "--family", "gpt", "--config", "nano", "--data", data, "--steps", 3, "--warmup", 1,
+           "--out", cert, "--no-progress")
+    out = invoke("train", "--family", "gpt", "--config", "nano", "--data", data, "--class", "cpu-10s",
+                 "--throughput", cert, "--out", run, "--no-progress", "--json")
+    return {"data": data, "run": run, "cert": cert, "result": json.loads(out)}
+
+
+def test_training_spends_exactly_the_budget_and_learns(trained):
+    r, run = trained["result"], trained["run"]
+    budget = json.loads((run / "budget.json").read_text())
+    cert = json.loads(trained["cert"].read_text())
+    assert budget["tokens"] == int(cert["tokens_per_second"] * 10)  # cpu-10s: ten seconds of local compute
+    assert r["tokens_trained"] == budget["steps"] * 16 * 128
+    assert budget["tokens"] - r["tokens_trained"] < 16 * 128
+    losses = [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if "split" not in m]
+    assert losses[-1] < losses[0] - 1.0
+    assert r["test"]["bits_per_byte"] < r["unigram_bits_per_byte"]
+
+
+def test_result_json_is_complete(trained):
+    r = json.loads((trained["run"] / "result.json").read_text())
+    for key in ("family", "config", "params", "compute_class", "budget_tokens", "tokens_trained",
+                "reference_hours", "unigram_bits_per_byte", "data", "mix"):
+        assert key in r, key
+    t = r["test"]
+    for key in ("bits_per_byte", "token_perplexity", "char_perplexity", "tokens", "bytes", "chars"):
+        assert key in t and t[key] > 0, key
+    assert set(t["by_domain"]) == {"story", "verse"}
+    assert t["protocol"]["whole_split"] is True
+    assert r["family"] == "gpt" and r["compute_class"] == "cpu-10s"
+    assert list((trained["run"] / "tb").glob("events.out.tfevents.*"))
+    assert (trained["run"] / "checkpoints" / "last.pt").exists()
+
+
+def test_eval_command_reproduces_the_result(trained):
+    out = json.loads(invoke("eval", trained["run"], "--json", "--no-progress"))
+    assert out["test"]["bits_per_byte"] == pytest.approx(trained["result"]["test"]["bits_per_byte"], rel=1e-9)
+    assert json.loads((trained["run"] / "eval-test.json").read_text()) == out
+
+
+def test_bits_per_byte_is_consistent_with_perplexity(trained):
+    t = trained["result"]["test"]
+    import math
+
+    nll_sum = math.log(t["token_perplexity"]) * t["tokens"]
+    assert t["bits_per_byte"] == pytest.approx(nll_sum / math.log(2) / t["bytes"], rel=1e-9)
+    assert t["char_perplexity"] == pytest.approx(math.exp(nll_sum / t["chars"]), rel=1e-9)
+
+
+def test_qlstm_trains_with_carried_state_through_the_same_commands(trained, tmp_path):
+    run = tmp_path / "qlstm"
+    r = json.loads(invoke("train", "--family", "qlstm", "--config", "nano", "--data", trained["data"],
+                          "--class", "cpu-10s", "--batch-size", 8, "--micro-batch-size", 4, "--out", run,
+                          "--no-progress", "--json"))
+    cert = json.loads((run / "throughput.json").read_text())
+    assert cert["implementation"] == "block" and cert["micro_batch_size"] == 4
+    assert r["test"]["protocol"]["method"] == "carried-state streams"
+    losses = [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+              if "split" not in m]
+    assert losses[-1] < losses[0] - 1.0
+
+
+def fails(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.output
+
+
+def test_user_mistakes_are_one_sentence(trained, tmp_path):
+    data, cert = trained["data"], trained["cert"]
+    out = fails("train", "--family", "gpt", "--config", "micro", "--data", data, "--class", "cpu-10s",
+                "--throughput", cert, "--out", tmp_path / "r")
+    assert "different model config" in out
+    out = fails("train", "--family", "gpt", "--config", "nano", "--data", data, "--class", "cpu-10s",
+                "--throughput", cert, "--out", trained["run"])
+    assert "already exists" in out
+    assert "Unknown compute class" in fails("train", "--family", "gpt", "--config", "nano", "--data", data,
+                                            "--class", "3h", "--out", tmp_path / "r")
+    assert "not a run directory" in fails("eval", tmp_path / "nowhere")
+    truncated = tmp_path / "cert.json"
+    truncated.write_text(trained["cert"].read_text()[:50])
+    assert "not valid JSON" in fails("budget", "--class", "cpu-1m", "--throughput", truncated)
+    assert "not a run directory" in fails("eval", tmp_path)
+    assert not (tmp_path / "r").exists()
