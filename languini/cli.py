@@ -65,8 +65,8 @@ def _split_fractions(text: str) -> tuple[float, float, float]:
         parts = [float(p) for p in text.split("/")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or any(p < 0 for p in parts) or sum(parts) <= 0:
-        raise UserError(f"--split takes three non-negative numbers like 98/1/1, got '{text}'.")
+    if len(parts) != 3 or any(p <= 0 for p in parts):
+        raise UserError(f"--split takes three positive numbers like 98/1/1, got '{text}'.")
     total = sum(parts)
     return parts[0] / total, parts[1] / total, parts[2] / total
 
@@ -87,11 +87,14 @@ def _split_fractions(text: str) -> tuple[float, float, float]:
 @click.option("--force", is_flag=True, help="Replace an --out folder that holds a different dataset.")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the tokenizer's training sample.")
+@click.option("--sample-mb", default=2.0, show_default=True, help="Train text the SentencePiece trainer sees.")
+@click.option("--shard-tokens", default=64 << 20, show_default=True, help="Tokens per shard file.")
 @progress_option
 @json_option
 def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], tokenizer: str, vocab_size: int,
                  domain_field: str | None, split_text: str, skip_bad_lines: bool, force: bool,
-                 workers: int | None, seed: int, progress: bool, as_json: bool) -> None:
+                 workers: int | None, seed: int, sample_mb: float, shard_tokens: int, progress: bool,
+                 as_json: bool) -> None:
     """Tokenize SOURCES into a prepared-data folder.
 
     \b
@@ -112,7 +115,8 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
         raise UserError("Name at least one source, e.g. builtin:stdlib.")
     manifest = prepare(specs, out, tokenizer=tokenizer, vocab_size=vocab_size, domain_field=domain_field,
                        split=_split_fractions(split_text), skip_bad_lines=skip_bad_lines, force=force,
-                       workers=workers, progress=progress, seed=seed)
+                       workers=workers, progress=progress, seed=seed,
+                       sample_bytes=int(sample_mb * 1e6), shard_tokens=shard_tokens)
     lines = [f"Prepared {out}  (tokenizer {manifest['tokenizer']['kind']}, "
              f"vocabulary {manifest['tokenizer']['vocab_size']}, {manifest['dtype']})"]
     for name, info in manifest["splits"].items():

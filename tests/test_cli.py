@@ -24,5 +24,5 @@ def test_classes_json_lists_languini_and_cpu_classes():
 def test_bad_split_option_is_one_sentence(tmp_path):
     result = CliRunner().invoke(main, ["data", "prepare", "builtin:stdlib", "--out", str(tmp_path / "d"),
                                        "--split", "98/2"])
-    assert result.exit_code == 2 and "--split takes three" in result.output
+    assert result.exit_code == 2 and "--split takes three positive" in result.output
     assert not (tmp_path / "d").exists()

@@ -22,3 +22,20 @@ def test_stream_batches_are_contiguous_rows_and_pure_in_the_step():
     assert (x1[:, 0] == x0[:, -1] + 1).all()  # the next step continues each row
     assert b.batch(1)[0].equal(x1)
     assert b.epochs(125) == 4.0  # 125 steps × 4 rows × 8 tokens over 1000 tokens
+
+
+def test_documents_carry_their_source_ids(tmp_path):
+    import json
+
+    from languini.data.loader import PreparedData
+    from languini.data.prepare import prepare
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document number {i} " * 5}) + "\n"
+                              for i in range(60)))
+    prepare([str(corpus)], tmp_path / "data", tokenizer="bytes", split=(0.8, 0.1, 0.1), progress=False)
+    data = PreparedData(tmp_path / "data")
+    ids = [i for split in ("train", "validation", "test") for i in data.documents(split).ids]
+    assert sorted(ids) == sorted(f"d{i}" for i in range(60))
+    docs = data.documents("train")
+    assert len(docs.ids) == len(docs.offsets) - 1 == len(docs.domains)

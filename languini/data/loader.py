@@ -10,6 +10,7 @@ outlasts the data wraps around (the epoch count is reported).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -111,11 +112,11 @@ class PreparedData:
     def documents(self, split: str) -> Documents:
         self._check_split(split)
         folder = self.path / split
-        ids = (folder / "doc_ids.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = (folder / "doc_ids.jsonl").read_text(encoding="utf-8").splitlines()
         return Documents(
             offsets=np.load(folder / "doc_offsets.npy"),
             domains=np.load(folder / "doc_domains.npy"),
-            ids=ids,
+            ids=[json.loads(line) for line in lines],
         )
 
 

@@ -1,0 +1,112 @@
+"""The on-disk layout of one split of prepared data, written as a stream of documents.
+
+A split folder holds `tokens-NNNNN.npy` shards (the documents' tokens concatenated, each
+document followed by the end-of-document id; a document may straddle two shards),
+`doc_offsets.npy` (int64, n_docs + 1 offsets into the concatenated stream, each document
+including its end-of-document id), `doc_domains.npy` (uint16 indices into the manifest's
+domains) and `doc_ids.jsonl` (one JSON string per document). Shards are plain `.npy` files
+so that the loader can memory-map them.
+"""
+
+from __future__ import annotations
+
+import json
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from languini.data.tokenizer import sha256_file
+from languini.errors import UserError
+
+DEFAULT_SHARD_TOKENS = 64 << 20
+INDEX_FILES = ("doc_offsets.npy", "doc_domains.npy", "doc_ids.jsonl")
+
+
+class DocInfo(NamedTuple):
+    id: str
+    domain: str
+    n_bytes: int  # UTF-8 bytes of the text
+    n_chars: int
+
+
+@dataclass
+class EncodedBatch:
+    """Documents of one split, tokenised: what an encoding worker hands to a `SplitWriter`."""
+
+    split: str
+    tokens: np.ndarray  # the documents' ids concatenated, each document ended by the end-of-document id
+    lengths: list[int]  # tokens per document, its end-of-document id included
+    docs: list[DocInfo]
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 while every id fits (half the disk and memory traffic), else uint32."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def shard_name(index: int) -> str:
+    return f"tokens-{index:05d}.npy"
+
+
+class SplitWriter:
+    """Appends tokenised documents to a split folder and sums what the manifest reports."""
+
+    def __init__(self, folder: Path, *, dtype: np.dtype, eod_id: int, domains: Sequence[str], shard_tokens: int = DEFAULT_SHARD_TOKENS):
+        if len(domains) > 1 << 16:
+            raise UserError(f"the corpus has {len(domains)} domains; at most 65536 are supported.")
+        self.folder = folder
+        self.folder.mkdir(parents=True)
+        self.dtype, self.eod_id, self.shard_tokens = dtype, eod_id, shard_tokens
+        self.domains = list(domains)
+        self._domain_index = {d: i for i, d in enumerate(self.domains)}
+        self._pending: list[np.ndarray] = []
+        self._pending_tokens = 0
+        self._shards: list[dict[str, Any]] = []
+        self._offsets = array("q", [0])
+        self._doc_domains = array("H")
+        self._ids = open(folder / "doc_ids.jsonl", "w", encoding="utf-8")
+        self._stats = {d: {"documents": 0, "tokens": 0, "bytes": 0, "chars": 0} for d in self.domains}
+
+    def add(self, batch: EncodedBatch) -> None:
+        """Append a batch of documents (in order) to the split."""
+        self._pending.append(batch.tokens.astype(self.dtype, copy=False))
+        self._pending_tokens += len(batch.tokens)
+        for length, doc in zip(batch.lengths, batch.docs):
+            self._offsets.append(self._offsets[-1] + length)
+            self._doc_domains.append(self._domain_index[doc.domain])
+            stats = self._stats[doc.domain]
+            stats["documents"] += 1
+            stats["tokens"] += length
+            stats["bytes"] += doc.n_bytes
+            stats["chars"] += doc.n_chars
+        self._ids.write("".join(json.dumps(d.id) + "\n" for d in batch.docs))
+        while self._pending_tokens >= self.shard_tokens:
+            self._write_shard(self.shard_tokens)
+
+    def close(self) -> dict[str, Any]:
+        """Write what is left and the document index; return the split's manifest entry."""
+        if self._pending_tokens:
+            self._write_shard(self._pending_tokens)
+        self._ids.close()
+        np.save(self.folder / "doc_offsets.npy", np.frombuffer(self._offsets, dtype=np.int64))
+        np.save(self.folder / "doc_domains.npy", np.frombuffer(self._doc_domains, dtype=np.uint16))
+        by_domain = {d: s for d, s in self._stats.items() if s["documents"]}
+        totals = {k: sum(s[k] for s in by_domain.values()) for k in ("documents", "tokens", "bytes", "chars")}
+        files = {self._relative(name): sha256_file(self.folder / name) for name in INDEX_FILES}
+        return {**totals, "by_domain": by_domain, "shards": self._shards, "files": files}
+
+    def _write_shard(self, n: int) -> None:
+        stream = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        path = self.folder / shard_name(len(self._shards))
+        np.save(path, stream[:n])
+        rest = stream[n:]
+        self._pending = [rest] if len(rest) else []
+        self._pending_tokens = len(rest)
+        self._shards.append({"file": self._relative(path.name), "tokens": n, "sha256": sha256_file(path)})
+
+    def _relative(self, name: str) -> str:
+        """Paths in the manifest are relative to the dataset folder, e.g. `train/tokens-00000.npy`."""
+        return f"{self.folder.name}/{name}"

@@ -1,0 +1,471 @@
+"""Readers that turn a source spec into documents.
+
+A source is `builtin:stdlib`, `hf:NAME`, a `.jsonl`/`.jsonl.gz`/`.jsonl.zst` or `.parquet`
+file, or a folder of `.txt` files, optionally labelled `NAME=SOURCE` to give all its
+documents the domain NAME. Reading comes in two halves so that it can use every core and
+stay memory-bounded on large corpora: `read_tasks` (cheap, in the calling process) cuts a
+source into tasks of a few MB, and each task (a picklable call that a worker process runs)
+turns its slice into a `Batch` of documents. Every document keeps a source id (the record's
+`id`, else `file:line`, `file:row`, `hf:NAME:row` or the file) so that a token can be traced
+back to where it came from.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import inspect
+import io
+import json
+import os
+import re
+import sysconfig
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from languini.errors import UserError
+
+TASK_BYTES = 4 << 20
+"""About how much input text one read task carries: big enough to amortise the hand-off to
+a worker, small enough that a few tasks in flight per core stay cheap in memory."""
+FILE_TASK_BYTES = 1 << 20  # whole files are read by the worker: smaller tasks balance cores
+
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+_KNOWN_KINDS = "builtin:stdlib, hf:NAME, a .jsonl/.jsonl.gz/.jsonl.zst or .parquet file, or a folder of .txt files"
+_LABEL = re.compile(r"[A-Za-z0-9_.\-]+")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class Document:
+    text: str
+    id: str
+    domain: str
+
+
+@dataclass
+class Batch:
+    """What one read task yields: documents plus the counts the manifest reports."""
+
+    documents: list[Document] = field(default_factory=list)
+    bad_lines: int = 0
+    replaced: int = 0  # documents or lines whose invalid UTF-8 became U+FFFD
+
+
+@dataclass(frozen=True)
+class Source:
+    spec: str  # as the user wrote it, e.g. "web=data/a.jsonl.zst"
+    location: str  # the part after an optional "NAME="
+    kind: str  # stdlib | hf | jsonl | parquet | txt
+    label: str | None  # the NAME of "NAME=SOURCE": the domain of all its documents
+
+    def manifest_entry(self) -> dict[str, Any]:
+        return {"spec": self.spec, "domain": self.label, "kind": self.kind}
+
+    def natural_domain(self) -> str:
+        """The domain of an unlabelled document when no domain field says otherwise."""
+        if self.kind == "hf":
+            return self.location[3:].rstrip("/").rsplit("/", 1)[-1]
+        path = Path(self.location)
+        if self.kind == "txt":
+            return path.resolve().name
+        name = path.name
+        return next(name[: -len(s)] for s in (*_JSONL_SUFFIXES, ".parquet") if name.lower().endswith(s))
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    domain_field: str | None = None  # dotted path into each record, e.g. "meta.redpajama_set_name"
+    skip_bad_lines: bool = False
+
+
+Task = Callable[[], Batch]
+
+
+def parse_source(spec: str) -> Source:
+    """Parse `SOURCE` or `NAME=SOURCE`, checking that the source exists and is a known kind."""
+    label, location = _split_label(spec)
+    return Source(spec=spec, location=location, kind=_kind_of(location), label=label)
+
+
+def _split_label(spec: str) -> tuple[str | None, str]:
+    name, sep, rest = spec.partition("=")
+    if sep and _LABEL.fullmatch(name) and not Path(spec).exists():
+        return name, rest
+    return None, spec
+
+
+def _kind_of(location: str) -> str:
+    if location.startswith("builtin:"):
+        if location == "builtin:stdlib":
+            return "stdlib"
+        raise UserError(f"unknown builtin source {location!r}; the only builtin source is builtin:stdlib.")
+    if location.startswith("hf:"):
+        if not location[3:]:
+            raise UserError("the source 'hf:' names no dataset; write hf:NAME or hf:/path/to/saved/dataset.")
+        return "hf"
+    path = Path(location)
+    if not path.exists():
+        raise UserError(f"source not found: {location}")
+    if path.is_dir():
+        return "txt"
+    name = path.name.lower()
+    if name.endswith(_JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(".parquet"):
+        return "parquet"
+    raise UserError(f"unknown source kind for {location}; expected {_KNOWN_KINDS}.")
+
+
+def read_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
+    """The read tasks of one source, in a fixed order (so the dataset is reproducible)."""
+    readers = {"stdlib": _stdlib_tasks, "txt": _txt_tasks, "jsonl": _jsonl_tasks, "parquet": _parquet_tasks, "hf": _hf_tasks}
+    return readers[source.kind](source, options)
+
+
+# --- text hygiene -----------------------------------------------------------------------
+
+
+def decode_utf8(data: bytes) -> tuple[str, bool]:
+    """The text of `data` and whether invalid UTF-8 had to be replaced by U+FFFD.
+
+    A few bad bytes in one file of a large corpus should cost a character, not the run.
+    """
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), True
+
+
+def clean_str(text: str) -> tuple[str, bool]:
+    """`text` without lone surrogates (JSON may escape them, UTF-8 cannot hold them)."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text), True
+
+
+def _chunks_by_size(paths: list[Path]) -> Iterator[tuple[Path, ...]]:
+    chunk: list[Path] = []
+    size = 0
+    for path in paths:
+        chunk.append(path)
+        size += path.stat().st_size
+        if size >= FILE_TASK_BYTES:
+            yield tuple(chunk)
+            chunk, size = [], 0
+    if chunk:
+        yield tuple(chunk)
+
+
+def _require(module: str, what: str) -> Any:
+    """Import an optional dependency, or say in one sentence which package is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = module.split(".")[0]
+        raise UserError(f"{what} need the {package} package (pip install {package}).") from None
+
+
+def _read_file(batch: Batch, path: Path) -> str:
+    text, replaced = decode_utf8(path.read_bytes())
+    batch.replaced += replaced
+    return text
+
+
+# --- builtin:stdlib -----------------------------------------------------------------------
+
+_STDLIB_SKIP = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idle_test"})
+
+
+def stdlib_root() -> Path:
+    """Where the running Python keeps its standard library (the base one inside a venv)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files(root: Path | None = None) -> list[Path]:
+    """The stdlib's `.py` files, sorted, without installed packages and without test suites."""
+    root = root or stdlib_root()
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in _STDLIB_SKIP)
+        files += [Path(folder, n) for n in sorted(names) if n.endswith(".py")]
+    return files
+
+
+def _stdlib_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
+    root = stdlib_root()
+    for chunk in _chunks_by_size(stdlib_files(root)):
+        yield partial(read_stdlib_files, root, chunk, source.label)
+    yield partial(read_pydoc_topics, source.label)
+
+
+def read_stdlib_files(root: Path, paths: Iterable[Path], label: str | None = None) -> Batch:
+    """Two documents per module: its source (domain `code`) and its prose (domain `prose`)."""
+    batch = Batch()
+    for path in paths:
+        text = _read_file(batch, path)
+        name = "stdlib/" + path.relative_to(root).as_posix()
+        batch.documents.append(Document(text, name, label or "code"))
+        prose = python_prose(text)
+        if prose:
+            batch.documents.append(Document(prose, name + "#prose", label or "prose"))
+    return batch
+
+
+def read_pydoc_topics(label: str | None = None) -> Batch:
+    """The language reference texts that `help()` shows, one prose document per topic."""
+    from pydoc_data.topics import topics
+
+    docs = [Document(text, f"pydoc_data.topics:{name}", label or "prose") for name, text in sorted(topics.items())]
+    return Batch(documents=docs)
+
+
+_PY_TOKEN = re.compile(  # strings and comments; loops unrolled, which halves the scan time
+    r"""(?=[rRbBuUfF'"\#])(?P<prefix>[rRbBuUfF]{0,2})(?P<string>
+          '''[^'\\]*(?:(?:\\.|'(?!''))[^'\\]*)*'''
+        | \"\"\"[^"\\]*(?:(?:\\.|"(?!""))[^"\\]*)*\"\"\"
+        | '[^'\\\n]*(?:\\.[^'\\\n]*)*'
+        | "[^"\\\n]*(?:\\.[^"\\\n]*)*"
+        )
+      | (?P<comment>\#[^\r\n]*)""",
+    re.DOTALL | re.VERBOSE,
+)
+_REST_OF_LINE = re.compile(r"[ \t]*(?:#[^\r\n]*)?(?:\r?\n|$)")
+_DOC_PREFIXES = frozenset({"", "r", "R", "u", "U"})
+
+
+def python_prose(source: str) -> str:
+    """The docstrings and comments of one Python module, in source order, as plain text.
+
+    One regex scan over strings and comments instead of `tokenize`: on Python 3.11 tokenize
+    is pure Python and alone costs more than the whole prepare budget; the tests check this
+    scan against tokenize and ast on real stdlib files. A docstring here is a string
+    statement on its own line at the top of the module or right after a line ending in `:`
+    (def, class, if, ...), the places where Python code keeps its documentation; its text is
+    taken as written (escapes are not interpreted) and dedented. Comment lines on
+    consecutive lines form one paragraph; paragraphs are separated by a blank line.
+    """
+    blocks: list[str] = []
+    last_code = ""  # the last significant character outside strings and comments
+    end = 0  # where the previous string or comment ended
+    in_comment = False  # whether the previous item was a comment paragraph
+    for m in _PY_TOKEN.finditer(source):
+        gap = source[end : m.start()]
+        code = gap.rstrip()
+        if code:
+            last_code = code[-1]
+        literal = m.group("string")
+        if literal is None:
+            text = m.group("comment").lstrip("#").strip()
+            joins = in_comment and not code and gap.count("\n") == 1
+            if joins:
+                blocks[-1] += "\n" + text
+            elif text:
+                blocks.append(text)
+            in_comment = joins or bool(text)
+        else:
+            if _is_docstring(source, m, last_code):
+                quotes = 3 if len(literal) >= 6 and literal[:3] in ("'''", '"""') else 1
+                blocks.append(inspect.cleandoc(literal[quotes:-quotes]))
+            last_code = '"'
+            in_comment = False
+        end = m.end()
+    blocks = [b.strip() for b in blocks]
+    return "\n\n".join(b for b in blocks if b)
+
+
+def _is_docstring(source: str, m: re.Match[str], last_code: str) -> bool:
+    if m.group("prefix") not in _DOC_PREFIXES or last_code not in ("", ":"):
+        return False
+    line_start = source.rfind("\n", 0, m.start()) + 1
+    return not source[line_start : m.start()].strip() and _REST_OF_LINE.match(source, m.end()) is not None
+
+
+# --- folders of .txt files ----------------------------------------------------------------
+
+
+def _txt_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
+    folder = Path(source.location)
+    files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
+    if not files:
+        raise UserError(f"the folder {source.location} holds no .txt files.")
+    for chunk in _chunks_by_size(files):
+        yield partial(read_text_files, chunk, source.label or source.natural_domain())
+
+
+def read_text_files(paths: Iterable[Path], domain: str) -> Batch:
+    """One document per file; its id is the file's path."""
+    batch = Batch()
+    for path in paths:
+        batch.documents.append(Document(_read_file(batch, path), path.as_posix(), domain))
+    return batch
+
+
+# --- records: JSON lines, Parquet rows, Hugging Face rows ---------------------------------
+
+
+class _BadRecord(Exception):
+    """A record without a usable text or domain; becomes a UserError or a skipped count."""
+
+
+@dataclass(frozen=True)
+class RecordReader:
+    """Turns records (dicts with `text`, optional `id`, optional domain field) into documents.
+
+    One reader for JSON lines, Parquet rows and dataset rows, so the three agree on ids,
+    domains and what counts as a bad record.
+    """
+
+    label: str | None
+    natural_domain: str
+    options: ReadOptions
+
+    def add(self, batch: Batch, record: Any, where: str, fallback_id: str) -> None:
+        try:
+            batch.documents.append(self._document(batch, record, fallback_id))
+        except _BadRecord as e:
+            self.bad(batch, where, str(e))
+
+    def bad(self, batch: Batch, where: str, reason: str) -> None:
+        if not self.options.skip_bad_lines:
+            raise UserError(f"{where}: {reason}; fix it or skip such records with --skip-bad-lines.")
+        batch.bad_lines += 1
+
+    def _document(self, batch: Batch, record: Any, fallback_id: str) -> Document:
+        if not isinstance(record, dict):
+            raise _BadRecord("the record is not a JSON object")
+        text = record.get("text")
+        if isinstance(text, bytes):
+            text, replaced = decode_utf8(text)
+        elif isinstance(text, str):
+            text, replaced = clean_str(text)
+        else:
+            raise _BadRecord('the record has no string field "text"')
+        batch.replaced += replaced
+        rid = record.get("id")
+        return Document(text, fallback_id if rid is None else str(rid), self._domain(record))
+
+    def _domain(self, record: dict) -> str:
+        if self.label or not self.options.domain_field:
+            return self.label or self.natural_domain
+        value: Any = record
+        for key in self.options.domain_field.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is None or value == "" or isinstance(value, (dict, list)):
+            raise _BadRecord(f'the record has no value at domain field "{self.options.domain_field}"')
+        return str(value)
+
+
+def _record_reader(source: Source, options: ReadOptions) -> RecordReader:
+    return RecordReader(source.label, source.natural_domain(), options)
+
+
+def _jsonl_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
+    reader = _record_reader(source, options)
+    lines: list[bytes] = []
+    first = size = 0
+    try:
+        with _open_binary(Path(source.location)) as f:
+            for number, line in enumerate(f, 1):
+                if not lines:
+                    first = number
+                lines.append(line)
+                size += len(line)
+                if size >= TASK_BYTES:
+                    yield partial(parse_jsonl_lines, reader, source.location, first, lines)
+                    lines, size = [], 0
+    except (OSError, EOFError, ValueError) as e:  # zstandard.ZstdError is a ValueError
+        raise UserError(f"cannot read {source.location}: {e}") from None
+    if lines:
+        yield partial(parse_jsonl_lines, reader, source.location, first, lines)
+
+
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    if name.endswith(".zst"):
+        return io.BufferedReader(_require("zstandard", ".zst files").open(path, "rb"))
+    return open(path, "rb")
+
+
+def parse_jsonl_lines(reader: RecordReader, file: str, first_line: int, lines: list[bytes]) -> Batch:
+    """Parse JSON lines numbered from `first_line`; blank lines are not records."""
+    batch = Batch()
+    for number, raw in enumerate(lines, first_line):
+        if not raw.strip():
+            continue
+        text, replaced = decode_utf8(raw)
+        batch.replaced += replaced
+        where = f"{file}:{number}"
+        try:
+            record = json.loads(text)
+        except ValueError as e:
+            reader.bad(batch, where, f"malformed JSON ({getattr(e, 'msg', e)})")
+            continue
+        reader.add(batch, record, where, where)
+    return batch
+
+
+def _parquet_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
+    pq = _require("pyarrow.parquet", "Parquet sources")
+    try:
+        pf = pq.ParquetFile(source.location)
+    except Exception as e:  # pyarrow raises ArrowInvalid and friends for a damaged file
+        raise UserError(f"cannot read {source.location} as Parquet: {e}") from None
+    columns = _record_columns(pf.schema_arrow.names, source.location, options)
+    yield from _arrow_tasks(_record_reader(source, options), source.location, pf.iter_batches(batch_size=4096, columns=columns))
+
+
+def _hf_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
+    name = source.location[3:]
+    ds = _load_hf(name)
+    columns = _record_columns(ds.column_names, source.location, options)
+    tables = ds.select_columns(columns).with_format("arrow").iter(batch_size=4096)
+    yield from _arrow_tasks(_record_reader(source, options), source.location, tables)
+
+
+def _load_hf(name: str) -> Any:
+    """A saved dataset when `name` is a path, else the hub dataset's train split."""
+    datasets = _require("datasets", "hf: sources")
+    try:
+        ds = datasets.load_from_disk(name) if Path(name).exists() else datasets.load_dataset(name, split="train")
+    except Exception as e:  # the hub client raises many types; all mean "cannot load this name"
+        raise UserError(f"cannot load the Hugging Face dataset {name!r}: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise UserError(f"the dataset {name!r} has no train split (it has {', '.join(ds)}).")
+        ds = ds["train"]
+    return ds
+
+
+def _record_columns(names: list[str], where: str, options: ReadOptions) -> list[str]:
+    """The columns a record reader needs, checking that the text (and domain) column exist."""
+    if "text" not in names:
+        raise UserError(f'{where} has no column "text" (it has {", ".join(names)}).')
+    columns = ["text"] + (["id"] if "id" in names else [])
+    if options.domain_field:
+        top = options.domain_field.split(".")[0]
+        if top not in names:
+            raise UserError(f'{where} has no column "{top}" for the domain field {options.domain_field}.')
+        columns += [top] if top not in columns else []
+    return columns
+
+
+def _arrow_tasks(reader: RecordReader, where: str, tables: Iterable[Any]) -> Iterator[Task]:
+    row = 0
+    for table in tables:
+        yield partial(parse_rows, reader, where, row, table.to_pylist())
+        row += table.num_rows
+
+
+def parse_rows(reader: RecordReader, where: str, first_row: int, rows: list[dict]) -> Batch:
+    """Rows numbered from `first_row` (0-based, as data frames count them)."""
+    batch = Batch()
+    for number, row in enumerate(rows, first_row):
+        reader.add(batch, row, f"{where} row {number}", f"{where}:{number}")
+    return batch
