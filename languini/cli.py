@@ -137,7 +137,8 @@ def classes(as_json: bool) -> None:
     from languini.compute import load_classes
 
     found = load_classes()
-    lines = [f"{c.name:<10} {c.hours:>10.4g} h on {c.reference}" for c in found.values()]
+    lines = [f"{c.name:<10} {c.hours:>10.4g} h on {c.reference}" if c.hours else
+             f"{c.name:<10} {c.flops:>10.4g} training FLOPs (tokens = FLOPs / 6N)" for c in found.values()]
     emit(as_json, [asdict(c) for c in found.values()], "\n".join(lines))
 
 
@@ -168,33 +169,104 @@ def _train_overrides(**kwargs: Any) -> dict[str, Any]:
 @click.option("--vocab-size", type=int, default=None, help="Vocabulary size when no --data is given.")
 @click.option("--warmup", default=3, show_default=True, help="Untimed warm-up steps.")
 @click.option("--steps", default=10, show_default=True, help="Timed steps (the median is reported).")
+@click.option("--sweep", is_flag=True, help="Grow the batch size 1, 2, 4, ... until out of memory (each in its "
+              "own process) and certify the fastest.")
+@click.option("--max-batch-size", default=256, show_default=True, help="Where a sweep stops if memory does not.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the certificate here.")
 @progress_option
 @json_option
 def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None,
                    device: str, compile_: bool, data_dir: Path | None, vocab_size: int | None, warmup: int,
-                   steps: int, out: Path | None, progress: bool, as_json: bool) -> None:
-    """Measure training tokens/s and write a throughput certificate."""
+                   steps: int, sweep: bool, max_batch_size: int, out: Path | None, progress: bool,
+                   as_json: bool) -> None:
+    """Measure training tokens/s (a full step on random tokens) and write a certificate.
+
+    The certificate records the model, its config hash, device, software versions, batch,
+    dtype, compile mode, every timed step, median and p10/p90, peak memory and MFU; `train
+    --throughput FILE` and `budget --throughput FILE` read the budget from it.
+    """
     from languini import throughput
-    from languini.config import train_config
     from languini.data.loader import PreparedData
     from languini.family import load_family
     from languini.io import atomic_write_json
 
     if warmup < 0 or steps < 1:
         raise UserError("--warmup must be >= 0 and --steps >= 1.")
-    fam = load_family(family)
     vocab = PreparedData(data_dir).vocab_size if data_dir else vocab_size
-    model_cfg, defaults = fam.config(config_name, vocab_size=vocab)
-    tcfg = train_config(defaults, _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size,
-                                                   device=device, compile_=compile_))
-    tcfg.micro()
-    cert = throughput.measure(fam, config_name, model_cfg, tcfg, warmup=warmup, steps=steps, progress=progress)
+    request = {"family": load_family(family).name, "config": config_name, "warmup": warmup, "steps": steps,
+               "model_overrides": {"vocab_size": vocab} if vocab else {},
+               "train_overrides": _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size,
+                                                   device=device, compile_=compile_)}
+    if sweep:
+        cert = throughput.sweep(request, max_batch_size, progress)
+    else:
+        cert = throughput.measure_request(request, progress)
     if out:
         atomic_write_json(out, cert)
-    emit(as_json, cert, f"{fam.name}/{config_name} on {cert['device']}: {cert['tokens_per_second']:,.0f} tokens/s "
-         f"(batch {cert['batch_size']} × {cert['seq_len']}, median of {steps} steps)"
-         + (f"\ncertificate: {out}" if out else ""))
+    lines = [f"{family}/{config_name} on {cert['device']}: {cert['tokens_per_second']:,.0f} tokens/s "
+             f"(p10 {cert['tokens_per_second_p10']:,.0f}, p90 {cert['tokens_per_second_p90']:,.0f}; "
+             f"batch {cert['batch_size']} × {cert['seq_len']}, median of {steps} steps)"]
+    if cert["mfu"] is not None:
+        lines.append(f"MFU {100 * cert['mfu']:.1f}% of {cert['peak_flops']:.3g} FLOP/s")
+    for row in cert.get("sweep", []):
+        tps = f"{row['tokens_per_second']:>12,.0f} tokens/s" if row["status"] == "ok" else row["status"]
+        lines.append(f"  batch {row['batch_size']:>5}: {tps}")
+    if out:
+        lines.append(f"certificate: {out}")
+    emit(as_json, cert, "\n".join(lines))
+
+
+@main.command("calibrate")
+@click.option("--reference", default="rtx3090", show_default=True, help="Reference device in devices.toml.")
+@click.option("--config", "config_name", default="small", show_default=True,
+              help="GPT size used as the yardstick (the reference must list it).")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile, as the reference figure was.")
+@click.option("--warmup", default=3, show_default=True)
+@click.option("--steps", default=10, show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Calibration file to write.")
+@progress_option
+@json_option
+def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str, compile_: bool, warmup: int,
+                  steps: int, out: Path, progress: bool, as_json: bool) -> None:
+    """Time the yardstick here to convert this device's budgets to the reference's.
+
+    The device factor is the reference's yardstick tokens/s (devices.toml: Languini Kitchen's
+    RTX 3090 figures) divided by this device's; pass the file to `train` or `budget` with
+    --calibration, and the budget is labelled `calibrated` and carries the factor's inputs.
+    """
+    from languini.io import atomic_write_json
+    from languini.throughput import calibrate
+
+    cal = calibrate(reference, config_name, batch_size, device, compile_, warmup, steps, progress)
+    atomic_write_json(out, cal)
+    y = cal["yardstick"]
+    emit(as_json, cal, f"{cal['device']}: GPT {config_name} at {y['local_tokens_per_second']:,.0f} tokens/s; "
+         f"{reference} at {y['reference_tokens_per_second']:,.0f}: device factor {cal['device_factor']:.4g}\n"
+         f"calibration: {out}")
+
+
+def calibration_options(f):
+    f = click.option("--device-factor", type=float, default=None,
+                     help="Reference yardstick tokens/s ÷ this device's, given by hand instead of --calibration.")(f)
+    return click.option("--calibration", "calibration_path", type=click.Path(path_type=Path), default=None,
+                        help="A file from `languini calibrate`: converts this device's tokens/s to the "
+                        "reference's.")(f)
+
+
+def _calibration(path: Path | None, device_factor: float | None) -> dict[str, Any] | None:
+    from languini.compute import factor_as_calibration
+    from languini.io import read_json
+
+    if path is not None and device_factor is not None:
+        raise UserError("Give --calibration or --device-factor, not both.")
+    if path is not None:
+        cal = read_json(path, "Calibration file")
+        if not isinstance(cal, dict) or "device_factor" not in cal:
+            raise UserError(f"{path} is not a calibration file (no device_factor).")
+        return cal
+    return factor_as_calibration(device_factor)
 
 
 def _read_certificate(path: Path) -> dict[str, Any]:
@@ -212,20 +284,25 @@ def _read_certificate(path: Path) -> dict[str, Any]:
               help="A certificate written by `languini throughput --out`.")
 @click.option("--batch-size", type=int, default=None, help="Default: the certificate's.")
 @click.option("--seq-len", type=int, default=None, help="Default: the certificate's.")
-@click.option("--device-factor", type=float, default=None,
-              help="Reference yardstick tokens/s ÷ this device's, when measured off the reference.")
+@calibration_options
 @json_option
 def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len: int | None,
-               device_factor: float | None, as_json: bool) -> None:
+               calibration_path: Path | None, device_factor: float | None, as_json: bool) -> None:
     """Turn a compute class and a certificate into tokens, steps and reference-hours."""
     from languini.compute import budget_from_certificate, get_class
 
-    b = budget_from_certificate(get_class(class_name), _read_certificate(cert_path), device_factor,
-                                batch_size, seq_len)
-    emit(as_json, b.to_dict(),
-         f"class {b.compute_class} ({b.hours:g} h on {b.reference}) at {b.reference_tokens_per_second:,.0f} "
-         f"reference tokens/s: {b.tokens:,} tokens = {b.steps:,} steps of {b.batch_size}×{b.seq_len} "
-         f"({b.reference_hours:.4g} reference-hours trained; device factor {b.device_factor:g})")
+    b = budget_from_certificate(get_class(class_name), _read_certificate(cert_path),
+                                _calibration(calibration_path, device_factor), batch_size, seq_len)
+    emit(as_json, b.to_dict(), _budget_line(b))
+
+
+def _budget_line(b: Any) -> str:
+    if b.mode == "flops":
+        return (f"class {b.compute_class} ({b.flops:g} FLOPs = 6 × {b.params:,} parameters × tokens): "
+                f"{b.tokens:,} tokens = {b.steps:,} steps of {b.batch_size}×{b.seq_len}")
+    return (f"class {b.compute_class} ({b.hours:g} h on {b.reference}) at {b.reference_tokens_per_second:,.0f} "
+            f"reference tokens/s: {b.tokens:,} tokens = {b.steps:,} steps of {b.batch_size}×{b.seq_len} "
+            f"({b.reference_hours:.4g} reference-hours; {b.mode}, device factor {b.device_factor:g})")
 
 
 # --- train and eval ---------------------------------------------------------------------
@@ -239,8 +316,7 @@ def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
 @click.option("--throughput", "cert_path", type=click.Path(path_type=Path), default=None,
               help="Use this certificate instead of measuring now.")
-@click.option("--device-factor", type=float, default=None,
-              help="Reference yardstick tokens/s ÷ this device's, when training off the reference.")
+@calibration_options
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the size's).")
 @click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps.")
 @click.option("--seed", type=int, default=None, help="Seed of initialisation (default 0).")
@@ -250,7 +326,7 @@ def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len
 @json_option
 def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None, device: str,
               compile_: bool, data_dir: Path, class_name: str, out: Path, cert_path: Path | None,
-              device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
+              calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
               eval_every: int | None, force: bool, progress: bool, as_json: bool) -> None:
     """Measure throughput, train exactly the class's token budget, evaluate on the test split."""
     from languini import trainer
@@ -261,11 +337,11 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
                                  compile_=compile_, lr=lr, warmup_steps=warmup_steps, seed=seed,
                                  eval_every=eval_every)
     cert = _read_certificate(cert_path) if cert_path else None
-    p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert, device_factor, progress)
+    p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert,
+                     _calibration(calibration_path, device_factor), progress)
     if not as_json:
-        b = p.budget
-        click.echo(f"budget: {b.tokens:,} tokens = {b.steps:,} steps of {b.batch_size}×{b.seq_len} "
-                   f"at {b.tokens_per_second:,.0f} tokens/s on {b.device}", err=True)
+        click.echo(f"budget: {_budget_line(p.budget)}; measured {p.budget.tokens_per_second:,.0f} tokens/s "
+                   f"on {p.budget.device}", err=True)
     result = trainer.train(p, out, force=force, progress=progress)
     emit(as_json, result, _summary(result, out))
 
@@ -276,7 +352,8 @@ def _summary(r: dict[str, Any], run: Path) -> str:
     return "\n".join([
         f"{r['family']}/{r['config']}: {r['params']:,} parameters, class {r['compute_class']}",
         f"  tokens trained      {r['tokens_trained']:,} of a {r['budget_tokens']:,}-token budget ({r['steps']:,} steps)",
-        f"  reference-hours     {r['reference_hours']:.4g} on {r['reference']} (device factor {r['device_factor']:g})",
+        f"  reference-hours     {r['reference_hours'] or 0:.4g} on {r['reference']} "
+        f"({r['budget_mode']}, device factor {r['device_factor']:g})",
         f"  test bits-per-byte  {t['bits_per_byte']:.4f}   (unigram baseline {r['unigram_bits_per_byte']:.4f})",
         f"  test perplexity     {t['token_perplexity']:.2f} per token, {t['char_perplexity']:.3f} per character",
         f"  run directory       {run}",
@@ -312,6 +389,45 @@ def eval_cmd(run_dir: Path, split: str, batch_size: int, stride: int | None, dev
     emit(as_json, result, f"{split}: {m['bits_per_byte']:.4f} bits/byte, token perplexity "
          f"{m['token_perplexity']:.2f}, char perplexity {m['char_perplexity']:.3f} over {m['tokens']:,} tokens "
          f"({m['bytes']:,} bytes); unigram {result['unigram_bits_per_byte']:.4f} bits/byte")
+
+
+# --- submissions ------------------------------------------------------------------------
+
+
+@main.command("submit")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The bundle folder to write.")
+@json_option
+def submit_cmd(run_dir: Path, out: Path, as_json: bool) -> None:
+    """Check a finished run and write a submission bundle.
+
+    \b
+    Checks: the run finished; the certificate's rate is what its own step times give; it
+    measured the config that was trained; the budget recomputed from it is the one trained;
+    training stopped within one step of it; the test metrics cover the whole test split; no
+    metric is NaN. Every failed check is named. The bundle holds the run's config,
+    certificate, budget, metrics and result, the data manifest, and their checksums.
+    """
+    from languini.leaderboard import submit
+
+    if out.exists():
+        raise UserError(f"{out} already exists; choose a new bundle folder.")
+    report = submit(run_dir, out)
+    emit(as_json, report, f"all checks passed; bundle written to {out}")
+
+
+@main.command("leaderboard")
+@click.argument("entries", nargs=-1, required=True, type=click.Path(path_type=Path))
+@json_option
+def leaderboard_cmd(entries: tuple[Path, ...], as_json: bool) -> None:
+    """One table per compute class from bundles or run directories, best first.
+
+    Each entry is checked as `submit` checks it; invalid ones are listed apart with reasons.
+    """
+    from languini.leaderboard import leaderboard, markdown
+
+    board = leaderboard(list(entries))
+    emit(as_json, board, markdown(board))
 
 
 if __name__ == "__main__":

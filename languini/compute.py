@@ -1,13 +1,15 @@
-"""Compute classes and the one budget function.
+"""Compute classes, devices, and the one budget function.
 
-A compute class is hours on a named reference accelerator. The budget is what the model
-could train in those hours on the reference:
+A compute class is hours on a named reference accelerator (or, as a second, device-free
+mode, a number of training FLOPs). The budget is what the model could train in those hours
+on the reference:
     reference_tokens_per_second = measured_tokens_per_second * device_factor
     tokens = floor(reference_tokens_per_second * hours * 3600)
     steps  = tokens // (batch_size * seq_len)
-The device factor is yardstick tokens/s on the reference ÷ on the measuring device; it is 1
-when the measuring device is the reference (or the class's reference is "local"). Every input
-of the conversion is returned, so the run can write it down.
+The device factor is yardstick tokens/s on the reference ÷ on the measuring device
+(`languini calibrate`); it is 1 on the reference itself and for classes whose reference is
+"local". FLOP classes buy tokens = floor(FLOPs / (6 · parameters)) (DCLM style). Every input
+of the conversion is returned, so the run writes it down.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from typing import Any
 from languini.errors import UserError
 
 LOCAL = "local"
+FLOPS = "flops"
 
 
 @dataclass(frozen=True)
 class ComputeClass:
     name: str
-    hours: float
-    reference: str
+    hours: float | None
+    reference: str  # a device key of devices.toml, "local", or "flops"
+    flops: float | None = None
 
 
 def classes_dir() -> Path:
@@ -37,20 +41,36 @@ def classes_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent / "compute_classes"
 
 
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML ({e}).") from None
+
+
+def _parse_class(entry: dict[str, Any], path: Path) -> ComputeClass:
+    name = str(entry.get("name", ""))
+    if ("hours" in entry) == ("flops" in entry):
+        raise UserError(f"Compute class '{name}' in {path} needs exactly one of 'hours' or 'flops'.")
+    amount = float(entry.get("hours", entry.get("flops", 0)))
+    if not (amount > 0 and math.isfinite(amount)):
+        raise UserError(f"Compute class '{name}' in {path} has a non-positive size.")
+    if "flops" in entry:
+        return ComputeClass(name=name, hours=None, reference=FLOPS, flops=amount)
+    return ComputeClass(name=name, hours=amount, reference=str(entry["reference"]))
+
+
 def load_classes(directory: Path | None = None) -> dict[str, ComputeClass]:
     directory = directory or classes_dir()
     found: dict[str, ComputeClass] = {}
     for path in sorted(directory.glob("*.toml")):
         if path.name == "devices.toml":
             continue
-        with path.open("rb") as f:
-            table = tomllib.load(f)
-        for entry in table.get("class", []):
-            c = ComputeClass(name=str(entry["name"]), hours=float(entry["hours"]), reference=str(entry["reference"]))
+        for entry in _load_toml(path).get("class", []):
+            c = _parse_class(entry, path)
             if c.name in found:
                 raise UserError(f"Compute class '{c.name}' is defined twice (second time in {path}).")
-            if not c.hours > 0:
-                raise UserError(f"Compute class '{c.name}' in {path} has non-positive hours.")
             found[c.name] = c
     return found
 
@@ -62,80 +82,113 @@ def get_class(name: str) -> ComputeClass:
     return classes[name]
 
 
+def load_devices() -> dict[str, dict[str, Any]]:
+    path = classes_dir() / "devices.toml"
+    return _load_toml(path) if path.exists() else {}
+
+
+def find_device(device_name: str) -> tuple[str, dict[str, Any]] | None:
+    """The devices.toml entry whose `names` match a torch device name, if any."""
+    lowered = device_name.lower()
+    for key, entry in load_devices().items():
+        if any(n.lower() in lowered for n in entry.get("names", [])):
+            return key, entry
+    return None
+
+
+def reference_yardstick(reference: str, config: str) -> float:
+    entry = load_devices().get(reference)
+    if entry is None:
+        raise UserError(f"Reference device '{reference}' is not in devices.toml.")
+    table = entry.get("yardstick", {})
+    if config not in table:
+        raise UserError(f"devices.toml has no yardstick for GPT '{config}' on '{reference}' "
+                        f"(has: {', '.join(table) or 'none'}).")
+    return float(table[config])
+
+
 @dataclass(frozen=True)
 class Budget:
     compute_class: str
-    hours: float
+    mode: str  # "reference" | "local" | "calibrated" | "flops"
+    hours: float | None
+    flops: float | None
     reference: str
     tokens_per_second: float
     device: str
     device_factor: float
+    calibration: dict[str, Any] | None
     reference_tokens_per_second: float
+    params: int | None
     batch_size: int
     seq_len: int
     tokens: int
     steps: int
     tokens_trained: int
-    reference_hours: float
+    reference_hours: float | None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def device_factor_for(cls: ComputeClass, device: str, given: float | None) -> float:
-    """The factor that turns local tokens/s into reference tokens/s, or a clear refusal."""
-    if given is not None:
-        if not (given > 0 and math.isfinite(given)):
-            raise UserError(f"The device factor must be a positive number, got {given}.")
-        return float(given)
-    if cls.reference == LOCAL or cls.reference.lower() in device.lower().replace(" ", ""):
-        return 1.0
+def _device_factor(cls: ComputeClass, device: str, calibration: dict[str, Any] | None) -> tuple[float, str]:
+    """The factor that turns local tokens/s into reference tokens/s, and the budget's mode."""
+    if calibration is not None:
+        factor = calibration.get("device_factor")
+        if not (isinstance(factor, (int, float)) and factor > 0 and math.isfinite(factor)):
+            raise UserError(f"The device factor must be a positive number, got {factor}.")
+        ref = calibration.get("reference")
+        if ref is not None and ref != cls.reference:
+            raise UserError(f"The calibration is against '{ref}', but class '{cls.name}' is on '{cls.reference}'.")
+        return float(factor), "calibrated"
+    if cls.reference == LOCAL:
+        return 1.0, "local"
+    found = find_device(device)
+    if found and found[0] == cls.reference:
+        return 1.0, "reference"
     raise UserError(
-        f"Class '{cls.name}' is measured in hours on '{cls.reference}', but the throughput was "
-        f"measured on '{device}'; pass --device-factor (reference yardstick tokens/s ÷ local)."
+        f"Class '{cls.name}' is measured in hours on '{cls.reference}', but the throughput was measured on "
+        f"'{device}'; run `languini calibrate` and pass --calibration (or --device-factor)."
     )
 
 
-def compute_budget(
-    cls: ComputeClass,
-    tokens_per_second: float,
-    batch_size: int,
-    seq_len: int,
-    device: str,
-    device_factor: float | None = None,
-) -> Budget:
+def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int, seq_len: int, device: str,
+                   calibration: dict[str, Any] | None = None, params: int | None = None) -> Budget:
     if not (tokens_per_second > 0 and math.isfinite(tokens_per_second)):
         raise UserError(f"The measured throughput must be a positive number of tokens/s, got {tokens_per_second}.")
     if batch_size < 1 or seq_len < 1:
         raise UserError("Batch size and sequence length must be positive.")
-    factor = device_factor_for(cls, device, device_factor)
-    ref_tps = tokens_per_second * factor
-    tokens = math.floor(ref_tps * cls.hours * 3600)
+    if cls.reference == FLOPS:
+        if not params:
+            raise UserError(f"FLOP class '{cls.name}' needs the model's parameter count.")
+        factor, mode, ref_tps = 1.0, FLOPS, tokens_per_second
+        tokens = math.floor(cls.flops / (6 * params))
+    else:
+        factor, mode = _device_factor(cls, device, calibration)
+        ref_tps = tokens_per_second * factor
+        tokens = math.floor(ref_tps * cls.hours * 3600)
     steps = tokens // (batch_size * seq_len)
     if steps < 1:
-        raise UserError(
-            f"Class '{cls.name}' buys {tokens} tokens, less than one step of {batch_size}×{seq_len}; "
-            "choose a larger class or a smaller batch."
-        )
+        raise UserError(f"Class '{cls.name}' buys {tokens} tokens, less than one step of {batch_size}×{seq_len}; "
+                        "choose a larger class or a smaller batch.")
     trained = steps * batch_size * seq_len
     return Budget(
-        compute_class=cls.name,
-        hours=cls.hours,
-        reference=cls.reference,
-        tokens_per_second=tokens_per_second,
-        device=device,
-        device_factor=factor,
-        reference_tokens_per_second=ref_tps,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        tokens=tokens,
-        steps=steps,
-        tokens_trained=trained,
-        reference_hours=trained / ref_tps / 3600,
+        compute_class=cls.name, mode=mode, hours=cls.hours, flops=cls.flops, reference=cls.reference,
+        tokens_per_second=tokens_per_second, device=device, device_factor=factor, calibration=calibration,
+        reference_tokens_per_second=ref_tps, params=params, batch_size=batch_size, seq_len=seq_len,
+        tokens=tokens, steps=steps, tokens_trained=trained,
+        reference_hours=None if mode == FLOPS else trained / ref_tps / 3600,
     )
 
 
-def budget_from_certificate(cls: ComputeClass, cert: dict[str, Any], device_factor: float | None = None,
+def factor_as_calibration(device_factor: float | None) -> dict[str, Any] | None:
+    """A bare --device-factor, recorded in the same shape as a calibration file."""
+    if device_factor is None:
+        return None
+    return {"device_factor": device_factor, "source": "given on the command line"}
+
+
+def budget_from_certificate(cls: ComputeClass, cert: dict[str, Any], calibration: dict[str, Any] | None = None,
                             batch_size: int | None = None, seq_len: int | None = None) -> Budget:
     """The budget a throughput certificate buys: what training and the submission check call."""
     try:
@@ -145,7 +198,10 @@ def budget_from_certificate(cls: ComputeClass, cert: dict[str, Any], device_fact
             batch_size=int(batch_size or cert["batch_size"]),
             seq_len=int(seq_len or cert["seq_len"]),
             device=str(cert["device"]),
-            device_factor=device_factor,
+            calibration=calibration,
+            params=int(cert["params"]) if "params" in cert else None,
         )
     except KeyError as e:
         raise UserError(f"The throughput certificate lacks the key {e}.") from None
+    except (TypeError, ValueError):
+        raise UserError("The throughput certificate holds a malformed number.") from None

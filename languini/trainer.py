@@ -128,20 +128,26 @@ def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg
 
 def plan(family_name: str, config_name: str, data_dir: str | Path, class_name: str,
          train_overrides: dict[str, Any], certificate: dict[str, Any] | None = None,
-         device_factor: float | None = None, progress: bool = True) -> Plan:
+         calibration: dict[str, Any] | None = None, progress: bool = True) -> Plan:
+    """Resolve model, data, certificate (measured now unless given) and budget; write nothing."""
     from languini import throughput
 
     family = load_family(family_name)
     data = PreparedData(data_dir)
     cls = get_class(class_name)
     model_cfg, defaults = family.config(config_name, vocab_size=data.vocab_size)
+    if certificate is not None and train_overrides.get("batch_size") is None:
+        # train at the batch size the certificate measured (a sweep's best, say)
+        train_overrides = {**train_overrides, "batch_size": certificate.get("batch_size"),
+                           "micro_batch_size": train_overrides.get("micro_batch_size")
+                           or certificate.get("micro_batch_size")}
     tcfg = train_config(defaults, train_overrides)
     tcfg.micro()
     if certificate is None:
         certificate = throughput.measure(family, config_name, model_cfg, tcfg, progress=progress)
     else:
         check_certificate(certificate, family, model_cfg, tcfg)
-    budget = budget_from_certificate(cls, certificate, device_factor=device_factor)
+    budget = budget_from_certificate(cls, certificate, calibration=calibration)
     return Plan(family, config_name, model_cfg, tcfg, data, certificate, budget)
 
 
@@ -226,6 +232,7 @@ def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = T
         "reference": budget.reference,
         "device": budget.device,
         "device_factor": budget.device_factor,
+        "budget_mode": budget.mode,
         "budget_tokens": budget.tokens,
         "steps": budget.steps,
         "tokens_trained": budget.tokens_trained,

@@ -6,6 +6,7 @@ import `baselines.qlstm.kernels`. Tests that touch `datasets` or lm-eval must ne
 network: the hub switches are forced off and HF_HOME points into a temporary folder.
 """
 
+import json
 import os
 import tempfile
 
@@ -32,3 +33,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """One GPT nano trained through the CLI on a tiny two-domain corpus, shared by the tests."""
+    from helpers import invoke, tiny_corpus
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    corpus = tiny_corpus(tmp / "corpus.jsonl")
+    data, run, cert = tmp / "data", tmp / "run", tmp / "cert.json"
+    invoke("data", "prepare", corpus, "--out", data, "--vocab-size", 300, "--domain-field", "meta.set",
+           "--split", "80/10/10", "--no-progress")
+    invoke("throughput", "--family", "gpt", "--config", "nano", "--data", data, "--steps", 3, "--warmup", 1,
+           "--out", cert, "--no-progress")
+    out = invoke("train", "--family", "gpt", "--config", "nano", "--data", data, "--class", "cpu-10s",
+                 "--throughput", cert, "--out", run, "--no-progress", "--json")
+    return {"data": data, "run": run, "cert": cert, "result": json.loads(out)}

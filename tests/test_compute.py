@@ -27,13 +27,13 @@ def test_budget_by_hand_for_every_languini_class(hours):
 
 def test_device_factor_converts_off_reference():
     # A device twice as fast as the reference: factor 0.5, so the budget is the reference's.
-    b = compute_budget(get_class("6h"), 110_832.0, 128, 512, device="H100", device_factor=0.5)
+    b = compute_budget(get_class("6h"), 110_832.0, 128, 512, device="H100", calibration={"device_factor": 0.5})
     assert b.reference_tokens_per_second == 55_416.0
     assert b.tokens == 55_416 * 6 * 3600
 
 
 def test_off_reference_without_factor_is_refused():
-    with pytest.raises(UserError, match="device-factor"):
+    with pytest.raises(UserError, match="calibrate"):
         compute_budget(get_class("6h"), 1000.0, 8, 128, device="AMD EPYC (2 threads)")
 
 
@@ -57,3 +57,21 @@ def test_budget_smaller_than_a_step_is_refused():
 def test_unknown_class_lists_known():
     with pytest.raises(UserError, match="known: .*cpu-2m"):
         get_class("7h")
+
+
+def test_flop_classes_buy_tokens_by_six_n_d():
+    b = compute_budget(get_class("flops-1e13"), 1000.0, 4, 10, device="cpu", params=1_000_000)
+    assert b.mode == "flops" and b.tokens == 10**13 // (6 * 10**6)
+    assert b.steps == b.tokens // 40
+    with pytest.raises(UserError, match="parameter count"):
+        compute_budget(get_class("flops-1e13"), 1000.0, 4, 10, device="cpu")
+
+
+def test_the_reference_device_needs_no_calibration():
+    b = compute_budget(get_class("12h"), 50_000.0, 8, 512, device="NVIDIA GeForce RTX 3090")
+    assert (b.mode, b.device_factor) == ("reference", 1.0)
+
+
+def test_a_calibration_against_another_reference_is_refused():
+    with pytest.raises(UserError, match="calibration is against"):
+        compute_budget(get_class("6h"), 1000.0, 8, 512, device="x", calibration={"device_factor": 2, "reference": "a100"})

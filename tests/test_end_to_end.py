@@ -1,47 +1,11 @@
 """The whole walk through the CLI on a tiny corpus: prepare → throughput → train → eval."""
 
 import json
-import random
 
 import pytest
-from click.testing import CliRunner
 
+from helpers import fails, invoke
 from languini.cli import main
-
-WORDS = ("the cat sat on a mat while dogs ran past the old red barn and birds sang of rain "
-         "over hills where quiet rivers meet green fields under a pale morning sky").split()
-
-
-def tiny_corpus(path, n_docs=400, seed=0):
-    rng = random.Random(seed)
-    with path.open("w") as f:
-        for i in range(n_docs):
-            domain = "verse" if i % 3 == 0 else "story"
-            sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))).capitalize() + "."
-                         for _ in range(rng.randint(3, 8))]
-            f.write(json.dumps({"id": f"doc-{i}", "text": " ".join(sentences), "meta": {"set": domain}}) + "\n")
-    return path
-
-
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result.output
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("e2e")
-    corpus = tiny_corpus(tmp / "corpus.jsonl")
-    data, run, cert = tmp / "data", tmp / "run", tmp / "cert.json"
-    invoke("data", "prepare", corpus, "--out", data, "--vocab-size", 300, "--domain-field", "meta.set",
-           "--split", "80/10/10", "--no-progress")
-    invoke("throughput", "--family", "gpt", "--config", "nano", "--data", data, "--steps", 3, "--warmup", 1,
-           "--out", cert, "--no-progress")
-    out = invoke("train", "--family", "gpt", "--config", "nano", "--data", data, "--class", "cpu-10s",
-                 "--throughput", cert, "--out", run, "--no-progress", "--json")
-    return {"data": data, "run": run, "cert": cert, "result": json.loads(out)}
-
 
 def test_training_spends_exactly_the_budget_and_learns(trained):
     r, run = trained["result"], trained["run"]
@@ -97,13 +61,6 @@ def test_qlstm_trains_with_carried_state_through_the_same_commands(trained, tmp_
     losses = [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
               if "split" not in m]
     assert losses[-1] < losses[0] - 1.0
-
-
-def fails(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code != 0
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    return result.output
 
 
 def test_user_mistakes_are_one_sentence(trained, tmp_path):

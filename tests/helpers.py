@@ -1,0 +1,38 @@
+"""Helpers shared by the tests: a tiny corpus and a CLI runner that insists on success."""
+
+import json
+import random
+
+from click.testing import CliRunner
+
+WORDS = ("the cat sat on a mat while dogs ran past the old red barn and birds sang of rain "
+         "over hills where quiet rivers meet green fields under a pale morning sky").split()
+
+
+def tiny_corpus(path, n_docs=400, seed=0):
+    rng = random.Random(seed)
+    with path.open("w") as f:
+        for i in range(n_docs):
+            domain = "verse" if i % 3 == 0 else "story"
+            sentences = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 12))).capitalize() + "."
+                         for _ in range(rng.randint(3, 8))]
+            f.write(json.dumps({"id": f"doc-{i}", "text": " ".join(sentences), "meta": {"set": domain}}) + "\n")
+    return path
+
+
+def invoke(*args):
+    from languini.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def fails(*args):
+    """Run the CLI expecting a user error: non-zero exit, no traceback; returns the output."""
+    from languini.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.output
