@@ -310,10 +310,12 @@ def _budget_line(b: Any) -> str:
 
 @main.command("train")
 @_model_options
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
-              help="A folder written by `languini data prepare`.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="A folder written by `languini data prepare` (optional when the --mix names its data).")
 @click.option("--class", "class_name", required=True, help="Compute class (see `languini classes`).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
+@click.option("--mix", "mix_path", type=click.Path(path_type=Path), default=None,
+              help="A mix spec (TOML): domain weights, max epochs, data; see the README.")
 @click.option("--throughput", "cert_path", type=click.Path(path_type=Path), default=None,
               help="Use this certificate instead of measuring now.")
 @calibration_options
@@ -325,7 +327,8 @@ def _budget_line(b: Any) -> str:
 @progress_option
 @json_option
 def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None, device: str,
-              compile_: bool, data_dir: Path, class_name: str, out: Path, cert_path: Path | None,
+              compile_: bool, data_dir: Path | None, class_name: str, out: Path, mix_path: Path | None,
+              cert_path: Path | None,
               calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
               eval_every: int | None, force: bool, progress: bool, as_json: bool) -> None:
     """Measure throughput, train exactly the class's token budget, evaluate on the test split."""
@@ -336,9 +339,14 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
     overrides = _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size, device=device,
                                  compile_=compile_, lr=lr, warmup_steps=warmup_steps, seed=seed,
                                  eval_every=eval_every)
+    from languini.mixes import load_mix
+
     cert = _read_certificate(cert_path) if cert_path else None
+    mix = load_mix(mix_path) if mix_path else None
+    if data_dir is None and not (mix and mix.data):
+        raise UserError("Give --data, or a --mix whose spec names its data.")
     p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert,
-                     _calibration(calibration_path, device_factor), progress)
+                     _calibration(calibration_path, device_factor), progress, mix)
     if not as_json:
         click.echo(f"budget: {_budget_line(p.budget)}; measured {p.budget.tokens_per_second:,.0f} tokens/s "
                    f"on {p.budget.device}", err=True)
@@ -428,6 +436,67 @@ def leaderboard_cmd(entries: tuple[Path, ...], as_json: bool) -> None:
 
     board = leaderboard(list(entries))
     emit(as_json, board, markdown(board))
+
+
+# --- scaling laws -----------------------------------------------------------------------
+
+
+def _numbers(texts: tuple[str, ...], option: str) -> list[float]:
+    """Values given as a repeated option or as comma-separated lists."""
+    try:
+        return [float(v) for text in texts for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{option} takes numbers, e.g. {option} 1000,50000.") from None
+
+
+@main.command("fit")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--law", type=click.Choice(["power", "chinchilla"]), required=True,
+              help="power: L(C) = E + A·C^(−α) on each group's frontier; "
+                   "chinchilla: L(N, D) = E + A/N^α + B/D^β.")
+@click.option("--group-by", type=click.Choice(["family", "mix", "config"]), default="family", show_default=True,
+              help="What groups runs (CSV/JSONL rows name theirs in a `group` column).")
+@click.option("--metric", type=click.Choice(["bits_per_byte", "token_loss"]), default="bits_per_byte",
+              show_default=True, help="A run's loss: test bits per byte, or ln of the test token perplexity.")
+@click.option("--compute-unit", default=None,
+              help="What a CSV/JSONL `compute` column counts (default: reference-hours).")
+@click.option("--bootstrap", "resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples for the 95% intervals (0: none).")
+@click.option("--extrapolate", multiple=True, metavar="C[,C...]",
+              help="Predict at these computes: the points' unit for power, FLOPs for chinchilla.")
+@click.option("--crossing-range", nargs=2, type=float, default=None, metavar="LOW HIGH",
+              help="Compute searched for crossings (default: smallest observed to 1000× the largest).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resamples.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The fit.json to write.")
+@json_option
+def fit_cmd(inputs: tuple[Path, ...], law: str, group_by: str, metric: str, compute_unit: str | None, resamples: int,
+            extrapolate: tuple[str, ...], crossing_range: tuple[float, float] | None, seed: int, out: Path,
+            as_json: bool) -> None:
+    """Fit a scaling law per group, with bootstrap intervals, predictions and crossings.
+
+    \b
+    INPUTS are run directories or submission bundles (any folder with a result.json), and
+    CSV/JSONL tables with columns group, compute, params, tokens, loss (those the law needs).
+    """
+    from languini import scaling
+    from languini.io import atomic_write_json
+
+    points = scaling.read_inputs(list(inputs), group_by, metric, compute_unit)
+    result = scaling.fit(points, law, resamples, _numbers(extrapolate, "--extrapolate"), crossing_range, seed)
+    atomic_write_json(out, result)
+    emit(as_json, result, f"{scaling.markdown(result)}\n\nFit written to {out}.")
+
+
+@main.command("plot")
+@click.argument("fit_path", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="FIG.png, FIG.svg or FIG.pdf.")
+@json_option
+def plot_cmd(fit_path: Path, out: Path, as_json: bool) -> None:
+    """Draw a fit.json: loss against compute with bands and crossings (chinchilla: iso-loss contours too)."""
+    from languini.plots import plot_fit
+
+    plot_fit(fit_path, out)
+    emit(as_json, {"figure": str(out)}, f"Figure written to {out}.")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     RUN/config.toml       family, size, model and training config, data, compute class
     RUN/throughput.json   the throughput certificate the budget came from
     RUN/budget.json       the budget and every input of its arithmetic
+    RUN/mix.json          the data mix (normalised weights), when trained with --mix
     RUN/metrics.jsonl     one JSON object per logged step or validation
     RUN/tb/               TensorBoard events
     RUN/checkpoints/      last.pt (and previous.pt, kept until a new last.pt is complete)
@@ -39,6 +40,7 @@ class RunDir:
     tensorboard = property(lambda self: self.path / "tb")
     checkpoints = property(lambda self: self.path / "checkpoints")
     result = property(lambda self: self.path / "result.json")
+    mix = property(lambda self: self.path / "mix.json")
 
     @classmethod
     def create(cls, path: str | os.PathLike, force: bool) -> "RunDir":

@@ -23,9 +23,10 @@ from tqdm import tqdm
 from languini import device as devices
 from languini.compute import Budget, budget_from_certificate, get_class
 from languini.config import RunConfig, TrainConfig, train_config
-from languini.data.loader import PreparedData, StreamBatches
+from languini.data.loader import MixedStreams, PreparedData, StreamBatches
 from languini.errors import UserError
 from languini.family import Family, config_hash, load_family
+from languini.mixes import Mix
 from languini.run import RunDir
 
 
@@ -108,6 +109,13 @@ class Plan:
     data: PreparedData
     certificate: dict[str, Any]
     budget: Budget
+    mix: Mix | None = None  # resolved (normalised weights); None: the split as contiguous streams
+
+    def batches(self) -> StreamBatches | MixedStreams:
+        if self.mix is None:
+            return StreamBatches(self.data.stream("train"), self.tcfg.batch_size, self.model_cfg.seq_len)
+        return MixedStreams(self.data, "train", self.mix.weights, self.tcfg.batch_size, self.model_cfg.seq_len,
+                            self.tcfg.seed)
 
 
 def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg: TrainConfig) -> None:
@@ -128,12 +136,12 @@ def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg
 
 def plan(family_name: str, config_name: str, data_dir: str | Path, class_name: str,
          train_overrides: dict[str, Any], certificate: dict[str, Any] | None = None,
-         calibration: dict[str, Any] | None = None, progress: bool = True) -> Plan:
-    """Resolve model, data, certificate (measured now unless given) and budget; write nothing."""
+         calibration: dict[str, Any] | None = None, progress: bool = True, mix: Mix | None = None) -> Plan:
+    """Resolve model, data, mix, certificate (measured now unless given) and budget; write nothing."""
     from languini import throughput
 
     family = load_family(family_name)
-    data = PreparedData(data_dir)
+    data = PreparedData(mix.data if mix and mix.data else data_dir)
     cls = get_class(class_name)
     model_cfg, defaults = family.config(config_name, vocab_size=data.vocab_size)
     if certificate is not None and train_overrides.get("batch_size") is None:
@@ -148,7 +156,11 @@ def plan(family_name: str, config_name: str, data_dir: str | Path, class_name: s
     else:
         check_certificate(certificate, family, model_cfg, tcfg)
     budget = budget_from_certificate(cls, certificate, calibration=calibration)
-    return Plan(family, config_name, model_cfg, tcfg, data, certificate, budget)
+    if mix is not None:
+        by_domain = {d: v["tokens"] for d, v in data.manifest["splits"]["train"]["by_domain"].items()}
+        mix = mix.resolve(by_domain)
+        mix.check_supply(by_domain, budget.tokens_trained)
+    return Plan(family, config_name, model_cfg, tcfg, data, certificate, budget, mix)
 
 
 def _validation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: torch.device) -> float:
@@ -170,13 +182,15 @@ def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = T
     ))
     run.write_json(run.throughput, p.certificate)
     run.write_json(run.budget, budget.to_dict())
+    if p.mix is not None:
+        run.write_json(run.mix, p.mix.to_dict())
 
     from torch.utils.tensorboard import SummaryWriter
 
     dev = devices.resolve(tcfg.device)
     torch.manual_seed(tcfg.seed)
     trainable = Trainable.build(p.family, p.model_cfg, tcfg, dev)
-    batches = StreamBatches(p.data.stream("train"), tcfg.batch_size, seq_len)
+    batches = p.batches()
     val_tokens = p.data.stream("validation").read(0, min(tcfg.eval_tokens, len(p.data.stream("validation"))))
     eval_every = tcfg.eval_every or max(1, budget.steps // 10)
     tokens_per_step = tcfg.batch_size * seq_len
@@ -240,11 +254,14 @@ def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = T
         "wall_seconds": elapsed,
         "train_tokens_per_second": budget.tokens_trained / elapsed,
         "data_wait_fraction": wait / elapsed,
-        "epochs": batches.epochs(budget.steps),
+        "epochs": budget.tokens_trained / len(p.data.stream("train")),
         "final_train_loss": loss_value,
         "implementation": p.certificate.get("implementation"),
         "data": {"path": str(p.data.path.resolve()), "fingerprint": p.data.fingerprint},
-        "mix": "natural",
+        "mix": p.mix.name if p.mix else "natural",
+        "mix_details": None if p.mix is None else {
+            **p.mix.to_dict(), "digest": p.mix.digest(), "realised_shares": batches.realised_shares(),
+            "repeats": batches.repeats()},
         **evaluation,
     }
     run.write_json(run.result, result)

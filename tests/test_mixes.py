@@ -1,0 +1,103 @@
+import json
+import random
+
+import numpy as np
+import pytest
+
+from helpers import fails, invoke
+from languini.data.loader import MixedStreams, PreparedData
+from languini.data.prepare import prepare
+from languini.errors import UserError
+from languini.mixes import load_mix, parse_mix
+
+
+@pytest.fixture(scope="module")
+def two_domains(tmp_path_factory):
+    """'big' has 3x the text of 'small'; documents of 50-150 bytes."""
+    tmp = tmp_path_factory.mktemp("mix")
+    rng = random.Random(0)
+    lines = []
+    for i in range(800):
+        domain = "small" if i % 4 == 0 else "big"
+        text = "".join(rng.choice("abcdefgh ") for _ in range(rng.randint(50, 150)))
+        lines.append(json.dumps({"text": f"{domain}: {text}", "domain": domain}))
+    (tmp / "c.jsonl").write_text("\n".join(lines) + "\n")
+    prepare([str(tmp / "c.jsonl")], tmp / "data", tokenizer="bytes", domain_field="domain",
+            split=(0.9, 0.05, 0.05), progress=False)
+    return PreparedData(tmp / "data")
+
+
+def spec(tmp_path, body):
+    path = tmp_path / "mix.toml"
+    path.write_text(body)
+    return path
+
+
+@pytest.mark.parametrize("body,message", [
+    ('[weights]\nbig = -1\nsmall = 1\n', "non-negative"),
+    ('[weights]\nbig = 0\nsmall = 0\n', "weight zero"),
+    ('[weights]\nhuge = 1\n', "unknown domain"),
+    ('max_epochs = 2\n', "needs 'weights'"),
+    ('flavour = 1\n[weights]\nbig = 1\n', "unknown key"),
+    ('[weights\n', "not valid TOML"),
+])
+def test_bad_specs_are_one_sentence(tmp_path, two_domains, body, message):
+    with pytest.raises(UserError, match=message):
+        load_mix(spec(tmp_path, body)).resolve({"big": 10, "small": 10})
+
+
+def test_weights_are_normalised_and_natural_follows_size():
+    mix = parse_mix({"weights": {"big": 3, "small": 1}}, "x", "m").resolve({"big": 10, "small": 50})
+    assert mix.weights == {"big": 0.75, "small": 0.25}
+    natural = parse_mix({"weights": "natural"}, "x", "n").resolve({"big": 10, "small": 30})
+    assert natural.weights == {"big": 0.25, "small": 0.75}
+    assert parse_mix({"weights": {"big": 1}}, "x", "m").resolve({"big": 1, "small": 1}).weights["small"] == 0
+
+
+@pytest.mark.parametrize("weights", [{"big": 0.5, "small": 0.5}, {"big": 0.1, "small": 0.9}])
+def test_realised_share_is_within_one_percent_of_the_weight(two_domains, weights):
+    s = MixedStreams(two_domains, "train", weights, batch_size=8, seq_len=64, seed=3)
+    for step in range(600):
+        s.batch(step)
+    for domain, share in s.realised_shares().items():
+        assert abs(share - weights[domain]) < 0.01, (domain, share)
+    assert s.repeats()["small"] > 1  # the small domain had to repeat
+
+
+def test_the_sampler_resumes_exactly(two_domains):
+    a = MixedStreams(two_domains, "train", {"big": 0.3, "small": 0.7}, 4, 32, seed=1)
+    for step in range(25):
+        a.batch(step)
+    b = MixedStreams(two_domains, "train", {"big": 0.3, "small": 0.7}, 4, 32, seed=1)
+    b.load_state_dict(a.state_dict())
+    for step in range(25, 40):
+        xa, ya = a.batch(step)
+        xb, yb = b.batch(step)
+        assert xa.equal(xb) and ya.equal(yb)
+    assert np.array_equal(a.tokens_read, b.tokens_read)
+
+
+def test_rows_are_continuous_streams(two_domains):
+    s = MixedStreams(two_domains, "train", {"big": 0.5, "small": 0.5}, 2, 16, seed=0)
+    x0, y0 = s.batch(0)
+    x1, _ = s.batch(1)
+    assert (y0[:, :-1] == x0[:, 1:]).all() and (x1[:, 0] == y0[:, -1]).all()
+
+
+def test_an_unsatisfiable_mix_refuses_to_start(tmp_path, two_domains):
+    path = spec(tmp_path, "max_epochs = 1\n[weights]\nsmall = 1\n")
+    out = fails("train", "--family", "gpt", "--config", "nano", "--data", two_domains.path, "--class", "cpu-30s",
+                "--mix", path, "--out", tmp_path / "run", "--batch-size", 4)
+    assert "domain 'small'" in out and "tokens short" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_records_its_mix(tmp_path, two_domains):
+    path = spec(tmp_path, 'name = "even"\nmax_epochs = 100\n[weights]\nbig = 1\nsmall = 1\n')
+    r = json.loads(invoke("train", "--family", "gpt", "--config", "nano", "--data", two_domains.path,
+                          "--class", "cpu-10s", "--mix", path, "--out", tmp_path / "run", "--batch-size", 4,
+                          "--no-progress", "--json"))
+    assert r["mix"] == "even" and r["mix_details"]["weights"] == {"big": 0.5, "small": 0.5}
+    assert set(r["mix_details"]["realised_shares"]) == {"big", "small"}
+    assert set(r["test"]["by_domain"]) == {"big", "small"}
+    assert json.loads((tmp_path / "run" / "mix.json").read_text())["name"] == "even"
