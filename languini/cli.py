@@ -125,6 +125,40 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
     emit(as_json, manifest, "\n".join(lines))
 
 
+# --- mixes ------------------------------------------------------------------------------
+
+
+@main.group()
+def mix() -> None:
+    """Compare data mixes at equal compute."""
+
+
+@mix.command("compare")
+@click.argument("mixes", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--family", required=True, help="gpt, qlstm, or module.path:Class.")
+@click.option("--config", "config_name", required=True, help="The model size every mix trains.")
+@click.option("--class", "class_name", required=True, help="The compute class every mix trains for.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
+              help="Prepared data for mixes whose spec names none.")
+@click.option("--seeds", default=1, show_default=True, help="Runs per mix (seeds 0..S-1); the table shows mean ± spread.")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder for the runs, compare.json and compare.png; finished runs in it are reused.")
+@progress_option
+@json_option
+def mix_compare(mixes: tuple[Path, ...], family: str, config_name: str, class_name: str, data_dir: Path | None,
+                seeds: int, out: Path, progress: bool, as_json: bool) -> None:
+    """Train one run per MIX spec (and seed) at the same token budget and compare test bits/byte.
+
+    All runs share one throughput certificate (so one budget) and one test split (the mixes'
+    data must come from one prepared dataset, e.g. its dedup outputs). Writes a table
+    (compare.json, printed as markdown) and a figure of per-domain bits-per-byte.
+    """
+    from languini.mixes import compare, comparison_markdown
+
+    table = compare(list(mixes), family, config_name, class_name, out, seeds, data_dir, progress)
+    emit(as_json, table, comparison_markdown(table) + f"\ntable: {out / 'compare.json'}")
+
+
 # --- compute ----------------------------------------------------------------------------
 
 

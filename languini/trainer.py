@@ -26,7 +26,7 @@ from languini.config import RunConfig, TrainConfig, train_config
 from languini.data.loader import MixedStreams, PreparedData, StreamBatches
 from languini.errors import UserError
 from languini.family import Family, config_hash, load_family
-from languini.mixes import Mix
+from languini.mixes import Mix, train_domain_tokens
 from languini.run import RunDir
 
 
@@ -157,7 +157,7 @@ def plan(family_name: str, config_name: str, data_dir: str | Path, class_name: s
         check_certificate(certificate, family, model_cfg, tcfg)
     budget = budget_from_certificate(cls, certificate, calibration=calibration)
     if mix is not None:
-        by_domain = {d: v["tokens"] for d, v in data.manifest["splits"]["train"]["by_domain"].items()}
+        by_domain = train_domain_tokens(data)
         mix = mix.resolve(by_domain)
         mix.check_supply(by_domain, budget.tokens_trained)
     return Plan(family, config_name, model_cfg, tcfg, data, certificate, budget, mix)

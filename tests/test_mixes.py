@@ -101,3 +101,18 @@ def test_a_run_records_its_mix(tmp_path, two_domains):
     assert set(r["mix_details"]["realised_shares"]) == {"big", "small"}
     assert set(r["test"]["by_domain"]) == {"big", "small"}
     assert json.loads((tmp_path / "run" / "mix.json").read_text())["name"] == "even"
+
+
+def test_compare_trains_each_mix_once_at_one_budget(tmp_path, two_domains):
+    for name, w in (("even", "big = 1\nsmall = 1"), ("big-only", "big = 1")):
+        (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\nmax_epochs = 100\n[weights]\n{w}\n')
+    args = ["mix", "compare", tmp_path / "even.toml", tmp_path / "big-only.toml", "--family", "gpt", "--config",
+            "nano", "--class", "cpu-10s", "--data", two_domains.path, "--out", tmp_path / "cmp", "--no-progress"]
+    table = json.loads(invoke(*args, "--json"))
+    rows = {r["mix"]: r for r in table["rows"]}
+    assert set(rows) == {"even", "big-only"}
+    assert rows["even"]["tokens"] == rows["big-only"]["tokens"]
+    assert set(rows["even"]["by_domain"]) == {"big", "small"}
+    mtime = (tmp_path / "cmp" / "even-seed0" / "result.json").stat().st_mtime
+    assert "| even |" in invoke(*args)  # the second call reuses the finished runs
+    assert (tmp_path / "cmp" / "even-seed0" / "result.json").stat().st_mtime == mtime
