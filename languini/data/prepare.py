@@ -97,7 +97,7 @@ def prepare(
     }
     out = Path(out)
     check_out(out, request, None, force)
-    with atomic_dir(out) as tmp, _pool(workers) as pool:
+    with atomic_dir(out) as tmp, worker_pool(workers) as pool:
         sample = TrainingSample(sample_bytes, seed) if trains else None
         corpus = read_corpus(parsed, ReadOptions(domain_field, skip_bad_lines), tmp / _SPILL, fractions, sample, pool, workers, progress)
         if sample and progress:
@@ -223,7 +223,7 @@ def _check_nonempty(corpus: Corpus, fractions: Sequence[float]) -> None:
 
 
 @contextlib.contextmanager
-def _pool(workers: int) -> Iterator[Pool | None]:
+def worker_pool(workers: int) -> Iterator[Pool | None]:
     """Worker processes for reading and encoding; none for one worker (cheaper, simpler to
     debug). Started before anything else so that no thread exists yet when they fork."""
     if workers <= 1:
@@ -314,6 +314,11 @@ def build_manifest(request: dict[str, Any], corpus: Corpus, tok: Tokenizer, spli
         "invalid_utf8_replaced": corpus.replaced,
         "empty_documents_skipped": corpus.empty,
     }
+    return stamp(body)
+
+
+def stamp(body: dict[str, Any]) -> dict[str, Any]:
+    """A manifest: the body behind its format, version, creation time and fingerprint."""
     return {
         "format": FORMAT,
         "languini_version": __version__,

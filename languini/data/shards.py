@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from languini.data.tokenizer import sha256_file
+from languini.io import sha256_file
 from languini.errors import UserError
 
 DEFAULT_SHARD_TOKENS = 64 << 20

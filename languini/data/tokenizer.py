@@ -16,7 +16,7 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 
 from languini.errors import UserError
-from languini.io import read_json
+from languini.io import read_json, sha256_file
 
 MODEL_FILE = "tokenizer.model"
 KINDS = ("sentencepiece", "bytes")
@@ -78,7 +78,8 @@ class ByteTokenizer:
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return bytes(i for i in _int_list(ids) if i < 256).decode("utf-8", errors="replace")
+        a = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64)
+        return bytes(a[a < 256].astype(np.uint8)).decode("utf-8", errors="replace")
 
     def manifest_entry(self) -> dict[str, Any]:
         return {"kind": self.kind, "file": None, "vocab_size": self.vocab_size, "eod_id": self.eod_id, "sha256": self.sha256, "settings": {}}
@@ -163,12 +164,6 @@ def _int_list(ids: Iterable[int]) -> list[int]:
     return ids.tolist() if isinstance(ids, np.ndarray) else [int(i) for i in ids]
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_tokenizer_name(name: str) -> None:
