@@ -20,7 +20,7 @@ class Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            sys.exit(getattr(e, "exit_code", 2))
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -123,6 +123,40 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
         lines.append(f"  {name:<10} {info['documents']:>9,} documents {info['tokens']:>12,} tokens")
     lines.append(f"  domains: {', '.join(manifest['domains'])}")
     emit(as_json, manifest, "\n".join(lines))
+
+
+@data.command("dedup")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The new prepared-data folder.")
+@click.option("--scope", type=click.Choice(["global", "local"]), default="global", show_default=True,
+              help="global: across all domains; local: within each domain (SlimPajama's distinction).")
+@click.option("--threshold", default=0.8, show_default=True, help="Jaccard similarity of word n-gram sets.")
+@click.option("--ngram", default=5, show_default=True, help="Words per n-gram.")
+@click.option("--num-perm", default=128, show_default=True, help="MinHash permutations.")
+@click.option("--decontaminate", is_flag=True, help="Also remove train documents that near-duplicate a "
+              "validation or test document.")
+@click.option("--no-verify", "verify", is_flag=True, flag_value=False, default=True,
+              help="Keep LSH candidates without checking their MinHash similarity.")
+@click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the MinHash permutations.")
+@click.option("--force", is_flag=True, help="Replace an existing --out dataset.")
+@progress_option
+@json_option
+def data_dedup(data_dir: Path, out: Path, scope: str, threshold: float, ngram: int, num_perm: int,
+               decontaminate: bool, verify: bool, workers: int | None, seed: int, force: bool, progress: bool,
+               as_json: bool) -> None:
+    """Remove exact and near-duplicate train documents into a new prepared-data folder.
+
+    Validation and test are copied unchanged, so every variant is scored on the same text.
+    The output's manifest names its parent and the settings; the report lists each removed
+    document's source id with the id of the one it duplicates.
+    """
+    from languini.data.dedup import dedup, describe
+
+    report = dedup(data_dir, out, scope=scope, threshold=threshold, ngram=ngram, num_perm=num_perm,
+                   decontaminate=decontaminate, verify=verify, workers=workers, progress=progress, force=force,
+                   seed=seed)
+    emit(as_json, report, describe(report))
 
 
 # --- mixes ------------------------------------------------------------------------------
@@ -357,30 +391,47 @@ def _budget_line(b: Any) -> str:
 @click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps.")
 @click.option("--seed", type=int, default=None, help="Seed of initialisation (default 0).")
 @click.option("--eval-every", type=int, default=None, help="Steps between validations (default: ~10 per run).")
-@click.option("--force", is_flag=True, help="Replace an existing run directory.")
+@click.option("--checkpoint-every", default=None,
+              help="Steps (500) or minutes (10m) between checkpoints [default: 10m].")
+@click.option("--resume", "resume_", is_flag=True,
+              help="Continue the run in --out from its newest good checkpoint (refused if the config or data changed).")
+@click.option("--force", is_flag=True, help="Replace an existing run directory (with --resume: accept changes).")
 @progress_option
 @json_option
 def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None, device: str,
               compile_: bool, data_dir: Path | None, class_name: str, out: Path, mix_path: Path | None,
               cert_path: Path | None,
               calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
-              eval_every: int | None, force: bool, progress: bool, as_json: bool) -> None:
-    """Measure throughput, train exactly the class's token budget, evaluate on the test split."""
-    from languini import trainer
+              eval_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool, progress: bool,
+              as_json: bool) -> None:
+    """Measure throughput, train exactly the class's token budget, evaluate on the test split.
 
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"Run directory {out} already exists; pass --force to replace it.")
-    overrides = _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size, device=device,
-                                 compile_=compile_, lr=lr, warmup_steps=warmup_steps, seed=seed,
-                                 eval_every=eval_every)
+    Checkpoints go to OUT/checkpoints every --checkpoint-every; Ctrl-C or SIGTERM finishes the
+    step, checkpoints and stops; `languini resume OUT` (or the same command with --resume)
+    continues, bit for bit as if never interrupted.
+    """
+    from languini import trainer
     from languini.mixes import load_mix
 
+    if out.exists() and any(out.iterdir()) and not force and not resume_:
+        raise UserError(f"Run directory {out} already exists; pass --force to replace it or --resume to continue it.")
+    overrides = _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size, device=device,
+                                 compile_=compile_, lr=lr, warmup_steps=warmup_steps, seed=seed,
+                                 eval_every=eval_every, checkpoint_every=checkpoint_every)
+    if resume_:
+        from languini.run import RunDir
+
+        cert_path = cert_path or RunDir.open(out).throughput  # the budget stays the one certified
     cert = _read_certificate(cert_path) if cert_path else None
     mix = load_mix(mix_path) if mix_path else None
     if data_dir is None and not (mix and mix.data):
         raise UserError("Give --data, or a --mix whose spec names its data.")
     p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert,
                      _calibration(calibration_path, device_factor), progress, mix)
+    if resume_:
+        result = trainer.resume(out, p, force, progress, warn=lambda m: click.echo(m, err=True))
+        emit(as_json, result, _summary(result, out))
+        return
     if not as_json:
         click.echo(f"budget: {_budget_line(p.budget)}; measured {p.budget.tokens_per_second:,.0f} tokens/s "
                    f"on {p.budget.device}", err=True)
@@ -402,6 +453,21 @@ def _summary(r: dict[str, Any], run: Path) -> str:
         f"  TensorBoard logs    {tb}",
         f"  look at them with   tensorboard --logdir {tb}",
     ])
+
+
+@main.command("resume")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@progress_option
+@json_option
+def resume_cmd(run_dir: Path, progress: bool, as_json: bool) -> None:
+    """Continue an interrupted run from its newest good checkpoint, as it was configured.
+
+    A checkpoint that fails its checksum is skipped (with a warning) for the previous one.
+    """
+    from languini import trainer
+
+    result = trainer.resume(run_dir, progress=progress, warn=lambda m: click.echo(m, err=True))
+    emit(as_json, result, _summary(result, run_dir))
 
 
 @main.command("eval")

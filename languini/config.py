@@ -32,6 +32,12 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     compile: bool = False
+    checkpoint_every: str = "10m"  # minutes ("10m") or steps ("500") between checkpoints
+
+    def __post_init__(self) -> None:
+        every = self.checkpoint_every.removesuffix("m")
+        if not every.replace(".", "", 1).isdigit() or float(every) <= 0:
+            raise UserError(f"checkpoint_every takes steps like 500 or minutes like 10m, got '{self.checkpoint_every}'.")
 
     def micro(self) -> int:
         m = self.micro_batch_size or self.batch_size

@@ -10,7 +10,6 @@ plus the data manifest and their checksums, so a leaderboard can re-check it any
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -22,14 +21,10 @@ from languini.compute import budget_from_certificate, get_class
 from languini.config import load_run_config
 from languini.errors import UserError
 from languini.family import config_hash, load_family, make_dataclass_strict
-from languini.io import atomic_dir, atomic_write_json, to_json
+from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json
 
 FILES = ("config.toml", "throughput.json", "budget.json", "metrics.jsonl", "result.json")
 BUNDLE_SCHEMA = 1
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @dataclass
@@ -102,10 +97,14 @@ def _check_certificate(e: Entry) -> None:
         return
     try:
         family = load_family(cfg.family)
-        trained = config_hash(make_dataclass_strict(family.config_class, cfg.model, "the run's model config"))
+        model_cfg = make_dataclass_strict(family.config_class, cfg.model, "the run's model config")
     except UserError as err:
         e.fail("config-hash", str(err))
         return
+    params = family.build(model_cfg).num_params()
+    if cert.get("params") != params:
+        e.fail("certificate", f"params {cert.get('params')} is not the trained model's {params}")
+    trained = config_hash(model_cfg)
     if cert.get("config_hash") != trained:
         e.fail("config-hash", f"the certificate measured config {cert.get('config_hash')}, the run trained {trained}")
 
@@ -156,7 +155,7 @@ def _check_checksums(e: Entry) -> None:
     if not path.is_file():
         return  # a run directory; bundles always carry checksums
     for name, digest in json.loads(path.read_text()).items():
-        if not (e.path / name).is_file() or sha256(e.path / name) != digest:
+        if not (e.path / name).is_file() or sha256_file(e.path / name) != digest:
             e.fail("checksums", f"{name} does not match its checksum")
 
 
@@ -188,7 +187,7 @@ def submit(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
         for name in FILES:
             shutil.copy2(e.path / name, tmp / name)
         (tmp / "data_manifest.json").write_text(to_json(manifest))
-        sums = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+        sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         atomic_write_json(tmp / "checksums.json", sums)
     return {"bundle": str(out), "schema": BUNDLE_SCHEMA, "files": sums, "checks": "all passed"}
 

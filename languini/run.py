@@ -6,19 +6,23 @@
     RUN/mix.json          the data mix (normalised weights), when trained with --mix
     RUN/metrics.jsonl     one JSON object per logged step or validation
     RUN/tb/               TensorBoard events
-    RUN/checkpoints/      last.pt (and previous.pt, kept until a new last.pt is complete)
+    RUN/checkpoints/      last.pt and previous.pt, each with a .sha256 beside it
+    RUN/.lock             held by the process training in the directory
     RUN/result.json       the schema-versioned result, written last: its presence means done
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import io
 import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -27,6 +31,10 @@ from languini.errors import UserError
 from languini.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 RESULT_SCHEMA = 1
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".sha256")
 
 
 @dataclass(frozen=True)
@@ -77,20 +85,73 @@ class RunDir:
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """Write last.pt atomically, keeping the old last.pt as previous.pt until then."""
+        """last.pt (+ .sha256) replaces the old one, which stays as previous.pt until then.
+
+        The bytes are written and fsynced under a temporary name first: a full disk or a kill
+        at any moment leaves either the old last.pt or the new one, and previous.pt intact.
+        """
         self.checkpoints.mkdir(exist_ok=True)
         buf = io.BytesIO()
         torch.save(state, buf)
+        data = buf.getvalue()
+        incoming = self.checkpoints / "incoming.pt"
+        try:
+            atomic_write_bytes(incoming, data)
+        except OSError as e:
+            raise UserError(f"Could not write a checkpoint in {self.checkpoints} ({e.strerror or e}); "
+                            "the previous checkpoint is intact.") from None
         last, previous = self.checkpoints / "last.pt", self.checkpoints / "previous.pt"
         if last.exists():
             os.replace(last, previous)
-        atomic_write_bytes(last, buf.getvalue())
+            if _sidecar(last).exists():
+                os.replace(_sidecar(last), _sidecar(previous))
+        os.replace(incoming, last)
+        atomic_write_text(_sidecar(last), hashlib.sha256(data).hexdigest() + "\n")
 
     def load_checkpoint(self) -> dict[str, Any]:
-        last = self.checkpoints / "last.pt"
-        if not last.exists():
-            raise UserError(f"Run {self.path} has no checkpoint; did its training finish?")
-        return torch.load(last, map_location="cpu", weights_only=True)
+        """The newest checkpoint whose checksum holds."""
+        return self.restore_checkpoint()[0]
+
+    def restore_checkpoint(self) -> tuple[dict[str, Any], str | None]:
+        """The newest checkpoint whose checksum holds, and a warning if an older one had to serve."""
+        skipped = []
+        for name in ("last.pt", "previous.pt"):
+            path = self.checkpoints / name
+            if not path.exists():
+                continue
+            data = path.read_bytes()
+            sidecar = _sidecar(path)
+            if not sidecar.exists() or sidecar.read_text().strip() != hashlib.sha256(data).hexdigest():
+                skipped.append(name)
+                continue
+            # our own file, checksum verified: the loader state holds numpy arrays, so not weights_only
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+            warning = f"{', '.join(skipped)} failed its checksum; resumed from {name}" if skipped else None
+            return state, warning
+        if skipped:
+            raise UserError(f"Every checkpoint of {self.path} failed its checksum ({', '.join(skipped)}).")
+        raise UserError(f"Run {self.path} has no checkpoint.")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop log lines after `step`, so a resumed run's log reads like an uninterrupted one."""
+        kept = [m for m in self.read_metrics() if m["step"] <= step]
+        atomic_write_text(self.metrics, "".join(json.dumps(m) + "\n" for m in kept))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Refuse a second process in this run directory; the OS drops the lock if we die."""
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                raise UserError(f"Run directory {self.path} is in use by another process (pid {holder}).") from None
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            yield
+        finally:
+            os.close(fd)
 
     def write_json(self, path: Path, obj: Any) -> None:
         atomic_write_json(path, obj)

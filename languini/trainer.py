@@ -9,7 +9,10 @@ is set by the certificate; micro-batches (gradient accumulation) only change mem
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import random
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +28,7 @@ from languini.compute import Budget, budget_from_certificate, get_class
 from languini.config import RunConfig, TrainConfig, train_config
 from languini.data.loader import MixedStreams, PreparedData, StreamBatches
 from languini.errors import UserError
-from languini.family import Family, config_hash, load_family
+from languini.family import Family, config_hash, load_family, make_dataclass_strict
 from languini.mixes import Mix, train_domain_tokens
 from languini.run import RunDir
 
@@ -169,71 +172,207 @@ def _validation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, d
     return float(score_model(model, tokens, seq_len, dev, stride=seq_len).nll.mean())
 
 
+class Interrupted(UserError):
+    """Training stopped on a signal after checkpointing; the message says how to resume."""
+
+    exit_code = 130
+
+
+class _Signals:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and stops."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Signals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def checkpoint_due(every: str, step: int, last_save: float) -> bool:
+    """`every` is a number of steps ("500") or of minutes ("10m")."""
+    if every.endswith("m"):
+        return time.monotonic() - last_save >= float(every[:-1]) * 60
+    return step % int(every) == 0
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class Counters:
+    """Progress that is not in the model or optimizer: saved with every checkpoint."""
+
+    step: int = 0  # steps completed
+    elapsed: float = 0.0  # training wall seconds, summed over sessions
+    wait: float = 0.0  # of which waiting for data
+    loss: float = float("nan")  # the last logged training loss
+
+
+def identity(p: Plan) -> dict[str, str]:
+    """What a checkpoint must agree with to be resumed: the config, the data and the mix."""
+    return {"config_hash": config_hash(p.model_cfg), "train_config": json.dumps(dataclasses.asdict(p.tcfg)),
+            "data_fingerprint": p.data.fingerprint, "mix": p.mix.digest() if p.mix else "natural",
+            "steps": str(p.budget.steps)}
+
+
+def _save(run: RunDir, p: Plan, trainable: Trainable, batches: Any, counters: Counters) -> None:
+    run.save_checkpoint({
+        "model": trainable.model.state_dict(), "optimizer": trainable.optimizer.state_dict(),
+        "states": trainable.states, "counters": dataclasses.asdict(counters), "rng": _rng_state(),
+        "loader": batches.state_dict() if hasattr(batches, "state_dict") else None, "identity": identity(p),
+    })
+
+
 def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train exactly the planned budget in a new run directory, then evaluate on the test split."""
-    from languini.evaluate import evaluate_run
-
     run = RunDir.create(run_path, force)
-    tcfg, budget, seq_len = p.tcfg, p.budget, p.model_cfg.seq_len
-    run.write_config(RunConfig(
-        family=p.family.name, config_name=p.config_name, compute_class=budget.compute_class,
-        data=str(p.data.path.resolve()), data_fingerprint=p.data.fingerprint,
-        model=dataclasses.asdict(p.model_cfg), train=dataclasses.asdict(tcfg),
-    ))
-    run.write_json(run.throughput, p.certificate)
-    run.write_json(run.budget, budget.to_dict())
-    if p.mix is not None:
-        run.write_json(run.mix, p.mix.to_dict())
+    with run.lock():
+        run.write_config(RunConfig(
+            family=p.family.name, config_name=p.config_name, compute_class=p.budget.compute_class,
+            data=str(p.data.path.resolve()), data_fingerprint=p.data.fingerprint,
+            model=dataclasses.asdict(p.model_cfg), train=dataclasses.asdict(p.tcfg),
+        ))
+        run.write_json(run.throughput, p.certificate)
+        run.write_json(run.budget, p.budget.to_dict())
+        if p.mix is not None:
+            run.write_json(run.mix, p.mix.to_dict())
+        return _run(run, p, None, progress)
 
+
+def plan_of_run(run: RunDir) -> Plan:
+    """The plan a run directory was started with, rebuilt from its files."""
+    from languini.mixes import parse_mix
+
+    cfg = run.read_config()
+    family = load_family(cfg.family)
+    model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
+    tcfg = make_dataclass_strict(TrainConfig, cfg.train, f"training config of {run.path}")
+    data = PreparedData(cfg.data)
+    cert = run.read_json(run.throughput, "Throughput certificate")
+    stored = run.read_json(run.budget, "Budget")
+    budget = budget_from_certificate(get_class(cfg.compute_class), cert, stored.get("calibration"))
+    mix = parse_mix(run.read_json(run.mix, "Mix"), str(run.mix), "mix") if run.mix.exists() else None
+    return Plan(family, cfg.config_name, model_cfg, tcfg, data, cert, budget, mix)
+
+
+def differences(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    return [k for k in a if a.get(k) != b.get(k)]
+
+
+def resume(run_path: str | Path, new: Plan | None = None, force: bool = False, progress: bool = True,
+           warn: Any = print) -> dict[str, Any]:
+    """Continue a run from its newest good checkpoint; a changed config or dataset needs force."""
+    run = RunDir.open(run_path)
+    if run.result.exists():
+        raise UserError(f"Run {run.path} already finished; nothing to resume.")
+    with run.lock():
+        stored = plan_of_run(run)
+        p = new or stored
+        state, warning = run.restore_checkpoint()
+        if warning:
+            warn(f"warning: {warning}")
+        changed = differences(state["identity"], identity(p))
+        if changed and not force:
+            raise UserError(f"The run's {', '.join(changed)} changed since its checkpoint; pass --force to resume anyway.")
+        return _run(run, p, state, progress)
+
+
+def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+    """The loop, from scratch (state None) or from a checkpoint, then the final evaluation."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from languini.evaluate import evaluate_run
+
+    tcfg, budget, seq_len = p.tcfg, p.budget, p.model_cfg.seq_len
+    p.data.verify_shards("train")
     dev = devices.resolve(tcfg.device)
     torch.manual_seed(tcfg.seed)
     trainable = Trainable.build(p.family, p.model_cfg, tcfg, dev)
     batches = p.batches()
-    val_tokens = p.data.stream("validation").read(0, min(tcfg.eval_tokens, len(p.data.stream("validation"))))
+    counters = Counters()
+    if state is not None:
+        trainable.model.load_state_dict(state["model"])
+        trainable.optimizer.load_state_dict(state["optimizer"])
+        trainable.states = [_to(s, dev) for s in state["states"]]
+        if state["loader"] is not None:
+            batches.load_state_dict(state["loader"])
+        counters = Counters(**state["counters"])
+        _set_rng_state(state["rng"])
+        run.truncate_metrics(counters.step)
+    val_stream = p.data.stream("validation")
+    val_tokens = val_stream.read(0, min(tcfg.eval_tokens, len(val_stream)))
     eval_every = tcfg.eval_every or max(1, budget.steps // 10)
     tokens_per_step = tcfg.batch_size * seq_len
 
     writer = SummaryWriter(log_dir=str(run.tensorboard))
-    bar = tqdm(total=budget.steps, desc=f"train {p.family.name}/{p.config_name}", unit="step", disable=not progress)
-    wait = 0.0
-    start = time.perf_counter()
-    loss_value = float("nan")
-    for step in range(budget.steps):
-        t0 = time.perf_counter()
-        x, y = batches.batch(step)
-        wait += time.perf_counter() - t0
-        lr = lr_at(step, budget.steps, tcfg)
-        loss = trainable.step(x, y, lr)
-        last = step == budget.steps - 1
-        if step % tcfg.log_every == 0 or last:
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise UserError(f"The training loss became {loss_value} at step {step}; lower the learning rate.")
-            tokens = (step + 1) * tokens_per_step
-            ref_seconds = tokens / budget.reference_tokens_per_second
-            elapsed = time.perf_counter() - start
-            run.log({"step": step + 1, "tokens": tokens, "reference_seconds": ref_seconds, "lr": lr,
-                     "loss": loss_value, "elapsed": elapsed, "data_wait_fraction": wait / elapsed})
-            for axis, value in (("step", step + 1), ("tokens", tokens), ("reference_seconds", int(ref_seconds))):
-                writer.add_scalar(f"train_loss/by_{axis}", loss_value, value)
-            writer.add_scalar("lr/by_step", lr, step + 1)
-            bar.set_postfix(loss=f"{loss_value:.3f}")
-        if (step + 1) % eval_every == 0 or last:
-            val = _validation_loss(trainable.model, val_tokens, seq_len, dev)
-            tokens = (step + 1) * tokens_per_step
-            run.log({"step": step + 1, "tokens": tokens, "split": "validation", "loss": val})
-            writer.add_scalar("validation_loss/by_step", val, step + 1)
-            writer.add_scalar("validation_loss/by_tokens", val, tokens)
-        bar.update()
+    bar = tqdm(total=budget.steps, initial=counters.step, desc=f"train {p.family.name}/{p.config_name}",
+               unit="step", disable=not progress)
+    session_start, last_save = time.perf_counter(), time.monotonic()
+    elapsed_before = counters.elapsed
+    with _Signals() as signals:
+        for step in range(counters.step, budget.steps):
+            t0 = time.perf_counter()
+            x, y = batches.batch(step)
+            counters.wait += time.perf_counter() - t0
+            lr = lr_at(step, budget.steps, tcfg)
+            loss = trainable.step(x, y, lr)
+            last = step == budget.steps - 1
+            counters.step = step + 1
+            counters.elapsed = elapsed_before + time.perf_counter() - session_start
+            if step % tcfg.log_every == 0 or last:
+                counters.loss = loss.item()
+                if not math.isfinite(counters.loss):
+                    raise UserError(f"The training loss became {counters.loss} at step {step}; lower the learning rate.")
+                tokens = (step + 1) * tokens_per_step
+                ref_seconds = tokens / budget.reference_tokens_per_second
+                run.log({"step": step + 1, "tokens": tokens, "reference_seconds": ref_seconds, "lr": lr,
+                         "loss": counters.loss, "elapsed": counters.elapsed,
+                         "data_wait_fraction": counters.wait / counters.elapsed})
+                for axis, value in (("step", step + 1), ("tokens", tokens), ("reference_seconds", int(ref_seconds))):
+                    writer.add_scalar(f"train_loss/by_{axis}", counters.loss, value)
+                writer.add_scalar("lr/by_step", lr, step + 1)
+                bar.set_postfix(loss=f"{counters.loss:.3f}")
+            if (step + 1) % eval_every == 0 or last:
+                val = _validation_loss(trainable.model, val_tokens, seq_len, dev)
+                tokens = (step + 1) * tokens_per_step
+                run.log({"step": step + 1, "tokens": tokens, "split": "validation", "loss": val})
+                writer.add_scalar("validation_loss/by_step", val, step + 1)
+                writer.add_scalar("validation_loss/by_tokens", val, tokens)
+            bar.update()
+            if last or signals.received or checkpoint_due(tcfg.checkpoint_every, step + 1, last_save):
+                _save(run, p, trainable, batches, counters)
+                last_save = time.monotonic()
+            if signals.received and not last:
+                bar.close()
+                writer.close()
+                raise Interrupted(f"{signals.received} received: stopped after step {step + 1} of {budget.steps} "
+                                  f"and checkpointed; continue with `languini resume {run.path}`.")
     bar.close()
-    elapsed = time.perf_counter() - start
     writer.flush()
-    run.save_checkpoint({"model": trainable.model.state_dict(), "optimizer": trainable.optimizer.state_dict(),
-                         "step": budget.steps, "tokens": budget.tokens_trained})
 
-    evaluation = evaluate_run(run.path, "test", progress=progress)
+    evaluation = evaluate_run(run.path, "test", device=tcfg.device, progress=progress)
     writer.add_scalar("test/bits_per_byte", evaluation["test"]["bits_per_byte"], budget.steps)
     writer.close()
     result = {
@@ -251,11 +390,11 @@ def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = T
         "steps": budget.steps,
         "tokens_trained": budget.tokens_trained,
         "reference_hours": budget.reference_hours,
-        "wall_seconds": elapsed,
-        "train_tokens_per_second": budget.tokens_trained / elapsed,
-        "data_wait_fraction": wait / elapsed,
+        "wall_seconds": counters.elapsed,
+        "train_tokens_per_second": budget.tokens_trained / counters.elapsed,
+        "data_wait_fraction": counters.wait / counters.elapsed,
         "epochs": budget.tokens_trained / len(p.data.stream("train")),
-        "final_train_loss": loss_value,
+        "final_train_loss": counters.loss,
         "implementation": p.certificate.get("implementation"),
         "data": {"path": str(p.data.path.resolve()), "fingerprint": p.data.fingerprint},
         "mix": p.mix.name if p.mix else "natural",
@@ -266,3 +405,11 @@ def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = T
     }
     run.write_json(run.result, result)
     return result
+
+
+def _to(state: Any, dev: torch.device) -> Any:
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.to(dev)
+    return type(state)(_to(s, dev) for s in state)

@@ -47,6 +47,6 @@ def trained(tmp_path_factory):
            "--split", "80/10/10", "--no-progress")
     invoke("throughput", "--family", "gpt", "--config", "nano", "--data", data, "--steps", 3, "--warmup", 1,
            "--out", cert, "--no-progress")
-    out = invoke("train", "--family", "gpt", "--config", "nano", "--data", data, "--class", "cpu-10s",
+    out = invoke("train", "--family", "gpt", "--config", "nano", "--data", data, "--class", "flops-3e11",
                  "--throughput", cert, "--out", run, "--no-progress", "--json")
     return {"data": data, "run": run, "cert": cert, "result": json.loads(out)}

@@ -26,3 +26,16 @@ def test_bad_split_option_is_one_sentence(tmp_path):
                                        "--split", "98/2"])
     assert result.exit_code == 2 and "--split takes three positive" in result.output
     assert not (tmp_path / "d").exists()
+
+
+def test_dedup_through_the_cli(trained, tmp_path):
+    import json
+
+    from helpers import fails, invoke
+
+    report = json.loads(invoke("data", "dedup", trained["data"], "--out", tmp_path / "d", "--decontaminate",
+                               "--no-progress", "--json"))
+    assert report["settings"]["bands"] * report["settings"]["rows"] <= 128
+    assert (tmp_path / "d" / "manifest.json").exists()
+    assert "threshold" in fails("data", "dedup", trained["data"], "--out", tmp_path / "e", "--threshold", 1.5)
+    assert not (tmp_path / "e").exists()

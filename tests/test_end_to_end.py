@@ -5,19 +5,25 @@ import json
 import pytest
 
 from helpers import fails, invoke
-from languini.cli import main
 
 def test_training_spends_exactly_the_budget_and_learns(trained):
     r, run = trained["result"], trained["run"]
     budget = json.loads((run / "budget.json").read_text())
     cert = json.loads(trained["cert"].read_text())
-    assert budget["tokens"] == int(cert["tokens_per_second"] * 10)  # cpu-10s: ten seconds of local compute
+    assert budget["tokens"] == int(3e11 // (6 * cert["params"]))  # flops-3e11: tokens = FLOPs / 6N
     assert r["tokens_trained"] == budget["steps"] * 16 * 128
     assert budget["tokens"] - r["tokens_trained"] < 16 * 128
     losses = [m["loss"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
               if "split" not in m]
     assert losses[-1] < losses[0] - 1.0
     assert r["test"]["bits_per_byte"] < r["unigram_bits_per_byte"]
+
+
+def test_an_hours_class_buys_the_measured_rate_times_the_hours(trained):
+    cert = json.loads(trained["cert"].read_text())
+    b = json.loads(invoke("budget", "--class", "cpu-10s", "--throughput", trained["cert"], "--json"))
+    assert b["tokens"] == int(cert["tokens_per_second"] * 10)  # ten seconds of local compute
+    assert b["steps"] == b["tokens"] // (16 * 128) and b["mode"] == "local"
 
 
 def test_result_json_is_complete(trained):
@@ -30,7 +36,7 @@ def test_result_json_is_complete(trained):
         assert key in t and t[key] > 0, key
     assert set(t["by_domain"]) == {"story", "verse"}
     assert t["protocol"]["whole_split"] is True
-    assert r["family"] == "gpt" and r["compute_class"] == "cpu-10s"
+    assert r["family"] == "gpt" and r["compute_class"] == "flops-3e11"
     assert list((trained["run"] / "tb").glob("events.out.tfevents.*"))
     assert (trained["run"] / "checkpoints" / "last.pt").exists()
 
@@ -53,7 +59,7 @@ def test_bits_per_byte_is_consistent_with_perplexity(trained):
 def test_qlstm_trains_with_carried_state_through_the_same_commands(trained, tmp_path):
     run = tmp_path / "qlstm"
     r = json.loads(invoke("train", "--family", "qlstm", "--config", "nano", "--data", trained["data"],
-                          "--class", "cpu-10s", "--batch-size", 8, "--micro-batch-size", 4, "--out", run,
+                          "--class", "flops-3e11", "--batch-size", 8, "--micro-batch-size", 4, "--out", run,
                           "--no-progress", "--json"))
     cert = json.loads((run / "throughput.json").read_text())
     assert cert["implementation"] == "block" and cert["micro_batch_size"] == 4

@@ -27,8 +27,8 @@ def test_a_good_run_submits_and_leads(trained, tmp_path):
     assert set(report["files"]) >= {"result.json", "throughput.json", "budget.json", "data_manifest.json"}
     board = json.loads(invoke("leaderboard", tmp_path / "bundle", "--json"))
     assert board["invalid"] == []
-    assert board["classes"]["cpu-10s"][0]["family"] == "gpt"
-    assert "### cpu-10s" in invoke("leaderboard", tmp_path / "bundle")
+    assert board["classes"]["flops-3e11"][0]["family"] == "gpt"
+    assert "### flops-3e11" in invoke("leaderboard", tmp_path / "bundle")
 
 
 def test_a_raised_rate_is_caught(run_copy, tmp_path):
@@ -38,12 +38,11 @@ def test_a_raised_rate_is_caught(run_copy, tmp_path):
     assert not (tmp_path / "b").exists()
 
 
-def test_faster_step_times_buy_a_budget_that_was_not_trained(run_copy):
-    def faster(c):
-        c["step_times"] = [t / 2 for t in c["step_times"]]
-        c["tokens_per_second"] *= 2
-    edit_json(run_copy / "throughput.json", faster)
+def test_fewer_claimed_parameters_buy_a_budget_that_was_not_trained(run_copy):
+    # the run's class is a FLOP class: tokens = FLOPs / (6 · parameters)
+    edit_json(run_copy / "throughput.json", lambda c: c.update(params=c["params"] // 2))
     problems = check(run_copy).problems
+    assert any(p.startswith("certificate: params") for p in problems)
     assert any(p.startswith("budget: tokens recomputed") for p in problems)
     assert any(p.startswith("tokens: trained") for p in problems)
 
@@ -75,7 +74,7 @@ def test_a_bundle_edited_after_submission_is_listed_apart(trained, tmp_path):
     invoke("submit", trained["run"], "--out", tmp_path / "bundle")
     edit_json(tmp_path / "bundle" / "result.json", lambda r: r["test"].update(bits_per_byte=0.5))
     board = json.loads(invoke("leaderboard", tmp_path / "bundle", trained["run"], "--json"))
-    assert len(board["classes"]["cpu-10s"]) == 1
+    assert len(board["classes"]["flops-3e11"]) == 1
     assert "checksums: result.json" in board["invalid"][0]["reasons"][0]
     assert "Invalid entries" in invoke("leaderboard", tmp_path / "bundle")
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from languini.errors import UserError
-from languini.io import read_json
+from languini.io import read_json, sha256_file
 
 SPLITS = ("train", "validation", "test")
 
@@ -108,6 +108,13 @@ class PreparedData:
         if len(stream) < 2:
             raise UserError(f"Split '{split}' of {self.path} holds fewer than two tokens.")
         return stream
+
+    def verify_shards(self, split: str) -> None:
+        """Stop on a shard whose bytes are not the ones the manifest recorded."""
+        for shard in self._check_split(split)["shards"]:
+            path = self.path / shard["file"]
+            if not path.exists() or sha256_file(path) != shard["sha256"]:
+                raise UserError(f"Shard {path} does not match its checksum in the manifest; prepare the data again.")
 
     def documents(self, split: str) -> Documents:
         self._check_split(split)
