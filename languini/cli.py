@@ -391,6 +391,7 @@ def _budget_line(b: Any) -> str:
 @click.option("--warmup-steps", type=int, default=None, help="Linear warm-up steps.")
 @click.option("--seed", type=int, default=None, help="Seed of initialisation (default 0).")
 @click.option("--eval-every", type=int, default=None, help="Steps between validations (default: ~10 per run).")
+@click.option("--log-every", type=int, default=None, help="Steps between training-loss log lines (default 10).")
 @click.option("--checkpoint-every", default=None,
               help="Steps (500) or minutes (10m) between checkpoints [default: 10m].")
 @click.option("--resume", "resume_", is_flag=True,
@@ -402,7 +403,7 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
               compile_: bool, data_dir: Path | None, class_name: str, out: Path, mix_path: Path | None,
               cert_path: Path | None,
               calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
-              eval_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool, progress: bool,
+              eval_every: int | None, log_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool, progress: bool,
               as_json: bool) -> None:
     """Measure throughput, train exactly the class's token budget, evaluate on the test split.
 
@@ -417,7 +418,7 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
         raise UserError(f"Run directory {out} already exists; pass --force to replace it or --resume to continue it.")
     overrides = _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size, device=device,
                                  compile_=compile_, lr=lr, warmup_steps=warmup_steps, seed=seed,
-                                 eval_every=eval_every, checkpoint_every=checkpoint_every)
+                                 eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every)
     if resume_:
         from languini.run import RunDir
 
@@ -430,13 +431,15 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
                      _calibration(calibration_path, device_factor), progress, mix)
     if resume_:
         result = trainer.resume(out, p, force, progress, warn=lambda m: click.echo(m, err=True))
-        emit(as_json, result, _summary(result, out))
+        if result is not None:
+            emit(as_json, result, _summary(result, out))
         return
     if not as_json:
         click.echo(f"budget: {_budget_line(p.budget)}; measured {p.budget.tokens_per_second:,.0f} tokens/s "
                    f"on {p.budget.device}", err=True)
     result = trainer.train(p, out, force=force, progress=progress)
-    emit(as_json, result, _summary(result, out))
+    if result is not None:  # None on the other ranks under torchrun
+        emit(as_json, result, _summary(result, out))
 
 
 def _summary(r: dict[str, Any], run: Path) -> str:
@@ -467,7 +470,8 @@ def resume_cmd(run_dir: Path, progress: bool, as_json: bool) -> None:
     from languini import trainer
 
     result = trainer.resume(run_dir, progress=progress, warn=lambda m: click.echo(m, err=True))
-    emit(as_json, result, _summary(result, run_dir))
+    if result is not None:
+        emit(as_json, result, _summary(result, run_dir))
 
 
 @main.command("eval")

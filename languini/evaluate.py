@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from languini import device as devices
 from languini.data.loader import PreparedData, TokenStream
+from languini.distributed import World, sum_arrays
 
 
 @dataclass
@@ -52,15 +53,20 @@ def _nll_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch
     return nll.view(targets.shape), logits.argmax(-1) == targets
 
 
+def _reduce(nll: np.ndarray, correct: np.ndarray, world: World) -> TokenScores:
+    """Ranks scored disjoint positions of zeroed arrays: their sum is the whole split."""
+    return TokenScores(sum_arrays(nll, world), sum_arrays(correct.astype(np.int64), world) > 0)
+
+
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, stride: int,
-                  batch_size: int, dev: torch.device, progress: bool = False) -> TokenScores:
-    """A stateless model over sliding windows (see `_gpt_windows`)."""
+                  batch_size: int, dev: torch.device, progress: bool = False, world: World = World()) -> TokenScores:
+    """A stateless model over sliding windows (see `_gpt_windows`); ranks take every size-th window."""
     n = len(tokens)
     length = min(seq_len, n - 1)
-    windows = _gpt_windows(n, seq_len, stride)
-    nll = np.empty(n - 1, dtype=np.float64)
-    correct = np.empty(n - 1, dtype=bool)
+    windows = _gpt_windows(n, seq_len, stride)[world.rank :: world.size]
+    nll = np.zeros(n - 1, dtype=np.float64)
+    correct = np.zeros(n - 1, dtype=bool)
     t = torch.from_numpy(tokens.astype(np.int64))
     for i in tqdm(range(0, len(windows), batch_size), desc="eval", disable=not progress, leave=False):
         chunk = windows[i : i + batch_size]
@@ -72,31 +78,33 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, stri
         for row, (s, first) in enumerate(chunk):
             nll[s + first : s + length] = w_nll[row, first:]
             correct[s + first : s + length] = w_ok[row, first:]
-    return TokenScores(nll, correct)
+    return _reduce(nll, correct, world)
 
 
 @torch.no_grad()
 def score_streams(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
-                  dev: torch.device, progress: bool = False) -> TokenScores:
-    """A stateful model over `batch_size` contiguous streams, state carried chunk to chunk."""
+                  dev: torch.device, progress: bool = False, world: World = World()) -> TokenScores:
+    """A stateful model over `batch_size` contiguous streams, state carried chunk to chunk;
+    ranks take every size-th stream."""
     n_targets = len(tokens) - 1
     rows = min(batch_size, n_targets)
     length = math.ceil(n_targets / rows)
     pad = rows * length - n_targets
     x = np.concatenate([tokens[:-1], np.zeros(pad, tokens.dtype)]).astype(np.int64).reshape(rows, length)
     y = np.concatenate([tokens[1:], np.zeros(pad, tokens.dtype)]).astype(np.int64).reshape(rows, length)
-    nll = np.empty((rows, length), dtype=np.float64)
-    correct = np.empty((rows, length), dtype=bool)
+    nll = np.zeros((rows, length), dtype=np.float64)
+    correct = np.zeros((rows, length), dtype=bool)
+    mine = np.arange(world.rank, rows, world.size)
     state = None
-    for a in tqdm(range(0, length, seq_len), desc="eval", disable=not progress, leave=False):
-        xb = torch.from_numpy(x[:, a : a + seq_len]).to(dev)
-        yb = torch.from_numpy(y[:, a : a + seq_len]).to(dev)
+    for a in tqdm(range(0, length, seq_len) if len(mine) else [], desc="eval", disable=not progress, leave=False):
+        xb = torch.from_numpy(x[mine, a : a + seq_len]).to(dev)
+        yb = torch.from_numpy(y[mine, a : a + seq_len]).to(dev)
         with devices.autocast(dev):
             logits, state = model(xb, state)
         c_nll, c_ok = _nll_and_correct(logits, yb)
-        nll[:, a : a + seq_len] = c_nll.cpu().numpy()
-        correct[:, a : a + seq_len] = c_ok.cpu().numpy()
-    return TokenScores(nll.reshape(-1)[:n_targets], correct.reshape(-1)[:n_targets])
+        nll[mine, a : a + seq_len] = c_nll.cpu().numpy()
+        correct[mine, a : a + seq_len] = c_ok.cpu().numpy()
+    return _reduce(nll.reshape(-1)[:n_targets], correct.reshape(-1)[:n_targets], world)
 
 
 def unigram_counts(stream: TokenStream, vocab_size: int) -> np.ndarray:
@@ -171,17 +179,21 @@ def summarize(scores: TokenScores, text: SplitText) -> dict:
 
 
 def score_model(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: torch.device,
-                batch_size: int = 16, stride: int | None = None, progress: bool = False) -> TokenScores:
+                batch_size: int = 16, stride: int | None = None, progress: bool = False,
+                world: World = World()) -> TokenScores:
     """The fixed protocol: sliding windows for stateless models, carried state for stateful."""
     model.eval()
     if getattr(model, "stateful", False):
-        return score_streams(model, tokens, seq_len, batch_size, dev, progress)
-    return score_windows(model, tokens, seq_len, stride or max(1, seq_len // 4), batch_size, dev, progress)
+        return score_streams(model, tokens, seq_len, batch_size, dev, progress, world)
+    return score_windows(model, tokens, seq_len, stride or max(1, seq_len // 4), batch_size, dev, progress, world)
 
 
 def evaluate_run(run_path, split: str = "test", batch_size: int = 16, stride: int | None = None,
-                 device: str = "auto", progress: bool = False) -> dict:
-    """Score a finished run's checkpoint on a whole split, next to the train-split unigram."""
+                 device: str = "auto", progress: bool = False, world: World = World()) -> dict | None:
+    """Score a finished run's checkpoint on a whole split, next to the train-split unigram.
+
+    Under torchrun the scoring is sharded over ranks and summed; rank 0 returns the metrics,
+    the others None."""
     from languini.family import load_family, make_dataclass_strict
     from languini.run import RunDir
 
@@ -200,7 +212,9 @@ def evaluate_run(run_path, split: str = "test", batch_size: int = 16, stride: in
         raise UserError(f"The data at {cfg.data} is not the data this run trained on (fingerprint differs).")
     tokens = data.stream(split).all()
     stride = stride or max(1, model_cfg.seq_len // 4)
-    scores = score_model(model, tokens, model_cfg.seq_len, dev, batch_size, stride, progress)
+    scores = score_model(model, tokens, model_cfg.seq_len, dev, batch_size, stride, progress, world)
+    if not world.is_main:
+        return None
     unigram = score_unigram(unigram_counts(data.stream("train"), data.vocab_size), tokens)
     text = SplitText.load(data, split, tokens)
     metrics = summarize(scores, text)

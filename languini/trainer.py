@@ -8,6 +8,7 @@ is set by the certificate; micro-batches (gradient accumulation) only change mem
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from languini import device as devices
 from languini.compute import Budget, budget_from_certificate, get_class
 from languini.config import RunConfig, TrainConfig, train_config
+from languini.distributed import World, any_rank, barrier, broadcast, gather, main_only, mean, world
 from languini.data.loader import MixedStreams, PreparedData, StreamBatches
 from languini.errors import UserError
 from languini.family import Family, config_hash, load_family, make_dataclass_strict
@@ -68,31 +70,46 @@ class Trainable:
     optimizer: torch.optim.Optimizer
     cfg: TrainConfig
     dev: torch.device
-    states: list[Any]
+    states: list[Any]  # this rank's micro-batches' carried states
+    world: World = World()
 
     @classmethod
-    def build(cls, family: Family, model_cfg: Any, cfg: TrainConfig, dev: torch.device) -> "Trainable":
+    def build(cls, family: Family, model_cfg: Any, cfg: TrainConfig, dev: torch.device,
+              world: World = World()) -> "Trainable":
         model = family.build(model_cfg).to(dev)
         forward = torch.compile(model) if cfg.compile else model
-        n_micro = cfg.batch_size // cfg.micro()
-        return cls(model, forward, make_optimizer(model, cfg), cfg, dev, [None] * n_micro)
+        if world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(forward, device_ids=[dev.index] if dev.type == "cuda" else None)
+        rows = world.rows(cfg.batch_size)
+        n_micro = (rows.stop - rows.start) // cfg.micro()
+        if n_micro < 1 or (rows.stop - rows.start) % cfg.micro():
+            raise UserError(f"Each of {world.size} processes trains {rows.stop - rows.start} rows, which the "
+                            f"micro-batch size {cfg.micro()} does not divide.")
+        return cls(model, forward, make_optimizer(model, cfg), cfg, dev, [None] * n_micro, world)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
-        """One optimizer step over the global batch; returns the mean loss (a device tensor)."""
+        """One optimizer step over the global batch (this rank's rows of it); returns this rank's
+        mean loss, a device tensor. Gradients average over micro-batches and, through DDP, ranks."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
+        rows = self.world.rows(x.shape[0])
+        x, y = x[rows], y[rows]
         m = self.cfg.micro()
         n = len(self.states)
         total = torch.zeros((), device=self.dev)
         for i in range(n):
             xs = x[i * m : (i + 1) * m].to(self.dev, non_blocking=True)
             ys = y[i * m : (i + 1) * m].to(self.dev, non_blocking=True)
-            with devices.autocast(self.dev):
-                logits, state = self.forward(xs, self.states[i])
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ys.reshape(-1))
-            (loss / n).backward()
+            sync = contextlib.nullcontext() if i == n - 1 or not self.world.active else self.forward.no_sync()
+            with sync:
+                with devices.autocast(self.dev):
+                    logits, state = self.forward(xs, self.states[i])
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ys.reshape(-1))
+                (loss / n).backward()
             total += loss.detach()
             self.states[i] = _detach(state)
         if self.cfg.grad_clip:
@@ -155,7 +172,10 @@ def plan(family_name: str, config_name: str, data_dir: str | Path, class_name: s
     tcfg = train_config(defaults, train_overrides)
     tcfg.micro()
     if certificate is None:
-        certificate = throughput.measure(family, config_name, model_cfg, tcfg, progress=progress)
+        w = world()  # throughput is measured on one device, as the protocol says
+        if w.is_main:
+            certificate = throughput.measure(family, config_name, model_cfg, tcfg, progress=progress)
+        certificate = broadcast(certificate, w)
     else:
         check_certificate(certificate, family, model_cfg, tcfg)
     budget = budget_from_certificate(cls, certificate, calibration=calibration)
@@ -238,27 +258,43 @@ def identity(p: Plan) -> dict[str, str]:
 
 
 def _save(run: RunDir, p: Plan, trainable: Trainable, batches: Any, counters: Counters) -> None:
-    run.save_checkpoint({
-        "model": trainable.model.state_dict(), "optimizer": trainable.optimizer.state_dict(),
-        "states": trainable.states, "counters": dataclasses.asdict(counters), "rng": _rng_state(),
-        "loader": batches.state_dict() if hasattr(batches, "state_dict") else None, "identity": identity(p),
-    })
+    """Rank 0 writes; the carried states of every rank's micro-batches go in global order, so a
+    checkpoint does not depend on the number of processes."""
+    states = [s for rank_states in gather(_to(trainable.states, torch.device("cpu")), trainable.world)
+              for s in rank_states]
+    if trainable.world.is_main:
+        run.save_checkpoint({
+            "model": trainable.model.state_dict(), "optimizer": trainable.optimizer.state_dict(),
+            "states": states, "counters": dataclasses.asdict(counters), "rng": _rng_state(),
+            "loader": batches.state_dict() if hasattr(batches, "state_dict") else None, "identity": identity(p),
+        })
 
 
 def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train exactly the planned budget in a new run directory, then evaluate on the test split."""
-    run = RunDir.create(run_path, force)
-    with run.lock():
-        run.write_config(RunConfig(
-            family=p.family.name, config_name=p.config_name, compute_class=p.budget.compute_class,
-            data=str(p.data.path.resolve()), data_fingerprint=p.data.fingerprint,
-            model=dataclasses.asdict(p.model_cfg), train=dataclasses.asdict(p.tcfg),
-        ))
-        run.write_json(run.throughput, p.certificate)
-        run.write_json(run.budget, p.budget.to_dict())
-        if p.mix is not None:
-            run.write_json(run.mix, p.mix.to_dict())
+    """Train exactly the planned budget in a new run directory, then evaluate on the test split.
+
+    Returns the result (None on ranks other than 0 under torchrun)."""
+    w = world()
+    if w.is_main:
+        RunDir.create(run_path, force)
+    barrier(w)
+    run = RunDir(Path(run_path))
+    with main_only(w, run.lock()):
+        if w.is_main:
+            _write_plan(run, p)
         return _run(run, p, None, progress)
+
+
+def _write_plan(run: RunDir, p: Plan) -> None:
+    run.write_config(RunConfig(
+        family=p.family.name, config_name=p.config_name, compute_class=p.budget.compute_class,
+        data=str(p.data.path.resolve()), data_fingerprint=p.data.fingerprint,
+        model=dataclasses.asdict(p.model_cfg), train=dataclasses.asdict(p.tcfg),
+    ))
+    run.write_json(run.throughput, p.certificate)
+    run.write_json(run.budget, p.budget.to_dict())
+    if p.mix is not None:
+        run.write_json(run.mix, p.mix.to_dict())
 
 
 def plan_of_run(run: RunDir) -> Plan:
@@ -287,11 +323,11 @@ def resume(run_path: str | Path, new: Plan | None = None, force: bool = False, p
     run = RunDir.open(run_path)
     if run.result.exists():
         raise UserError(f"Run {run.path} already finished; nothing to resume.")
-    with run.lock():
+    with main_only(world(), run.lock()):
         stored = plan_of_run(run)
         p = new or stored
         state, warning = run.restore_checkpoint()
-        if warning:
+        if warning and world().is_main:
             warn(f"warning: {warning}")
         changed = differences(state["identity"], identity(p))
         if changed and not force:
@@ -306,29 +342,33 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> 
     from languini.evaluate import evaluate_run
 
     tcfg, budget, seq_len = p.tcfg, p.budget, p.model_cfg.seq_len
+    w = world()
+    main = w.is_main
     p.data.verify_shards("train")
-    dev = devices.resolve(tcfg.device)
+    dev = devices.resolve(w.device(tcfg.device))
     torch.manual_seed(tcfg.seed)
-    trainable = Trainable.build(p.family, p.model_cfg, tcfg, dev)
+    trainable = Trainable.build(p.family, p.model_cfg, tcfg, dev, w)
     batches = p.batches()
     counters = Counters()
     if state is not None:
         trainable.model.load_state_dict(state["model"])
         trainable.optimizer.load_state_dict(state["optimizer"])
-        trainable.states = [_to(s, dev) for s in state["states"]]
+        n = len(trainable.states)
+        trainable.states = [_to(s, dev) for s in state["states"][w.rank * n : (w.rank + 1) * n]]
         if state["loader"] is not None:
             batches.load_state_dict(state["loader"])
         counters = Counters(**state["counters"])
         _set_rng_state(state["rng"])
-        run.truncate_metrics(counters.step)
+        if main:
+            run.truncate_metrics(counters.step)
     val_stream = p.data.stream("validation")
     val_tokens = val_stream.read(0, min(tcfg.eval_tokens, len(val_stream)))
     eval_every = tcfg.eval_every or max(1, budget.steps // 10)
     tokens_per_step = tcfg.batch_size * seq_len
 
-    writer = SummaryWriter(log_dir=str(run.tensorboard))
+    writer = SummaryWriter(log_dir=str(run.tensorboard)) if main else None
     bar = tqdm(total=budget.steps, initial=counters.step, desc=f"train {p.family.name}/{p.config_name}",
-               unit="step", disable=not progress)
+               unit="step", disable=not (progress and main))
     session_start, last_save = time.perf_counter(), time.monotonic()
     elapsed_before = counters.elapsed
     with _Signals() as signals:
@@ -342,37 +382,35 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> 
             counters.step = step + 1
             counters.elapsed = elapsed_before + time.perf_counter() - session_start
             if step % tcfg.log_every == 0 or last:
-                counters.loss = loss.item()
+                counters.loss = mean(loss, w).item()
                 if not math.isfinite(counters.loss):
                     raise UserError(f"The training loss became {counters.loss} at step {step}; lower the learning rate.")
-                tokens = (step + 1) * tokens_per_step
-                ref_seconds = tokens / budget.reference_tokens_per_second
-                run.log({"step": step + 1, "tokens": tokens, "reference_seconds": ref_seconds, "lr": lr,
-                         "loss": counters.loss, "elapsed": counters.elapsed,
-                         "data_wait_fraction": counters.wait / counters.elapsed})
-                for axis, value in (("step", step + 1), ("tokens", tokens), ("reference_seconds", int(ref_seconds))):
-                    writer.add_scalar(f"train_loss/by_{axis}", counters.loss, value)
-                writer.add_scalar("lr/by_step", lr, step + 1)
-                bar.set_postfix(loss=f"{counters.loss:.3f}")
-            if (step + 1) % eval_every == 0 or last:
+                if main:
+                    _log_step(run, writer, counters, lr, tokens_per_step, budget.reference_tokens_per_second)
+                    bar.set_postfix(loss=f"{counters.loss:.3f}")
+            if main and ((step + 1) % eval_every == 0 or last):
                 val = _validation_loss(trainable.model, val_tokens, seq_len, dev)
                 tokens = (step + 1) * tokens_per_step
                 run.log({"step": step + 1, "tokens": tokens, "split": "validation", "loss": val})
                 writer.add_scalar("validation_loss/by_step", val, step + 1)
                 writer.add_scalar("validation_loss/by_tokens", val, tokens)
             bar.update()
-            if last or signals.received or checkpoint_due(tcfg.checkpoint_every, step + 1, last_save):
+            stop = any_rank(signals.received is not None, w)
+            if last or stop or any_rank(checkpoint_due(tcfg.checkpoint_every, step + 1, last_save), w):
                 _save(run, p, trainable, batches, counters)
                 last_save = time.monotonic()
-            if signals.received and not last:
+            if stop and not last:
                 bar.close()
-                writer.close()
-                raise Interrupted(f"{signals.received} received: stopped after step {step + 1} of {budget.steps} "
-                                  f"and checkpointed; continue with `languini resume {run.path}`.")
+                if writer:
+                    writer.close()
+                raise Interrupted(f"{signals.received or 'a signal'} received: stopped after step {step + 1} of "
+                                  f"{budget.steps} and checkpointed; continue with `languini resume {run.path}`.")
     bar.close()
-    writer.flush()
+    barrier(w)  # the final checkpoint is on disk before any rank evaluates it
 
-    evaluation = evaluate_run(run.path, "test", device=tcfg.device, progress=progress)
+    evaluation = evaluate_run(run.path, "test", device=w.device(tcfg.device), progress=progress and main, world=w)
+    if not main:
+        return None
     writer.add_scalar("test/bits_per_byte", evaluation["test"]["bits_per_byte"], budget.steps)
     writer.close()
     result = {
@@ -405,6 +443,16 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> 
     }
     run.write_json(run.result, result)
     return result
+
+
+def _log_step(run: RunDir, writer: Any, c: Counters, lr: float, tokens_per_step: int, ref_tps: float) -> None:
+    tokens = c.step * tokens_per_step
+    ref_seconds = tokens / ref_tps
+    run.log({"step": c.step, "tokens": tokens, "reference_seconds": ref_seconds, "lr": lr, "loss": c.loss,
+             "elapsed": c.elapsed, "data_wait_fraction": c.wait / c.elapsed})
+    for axis, value in (("step", c.step), ("tokens", tokens), ("reference_seconds", int(ref_seconds))):
+        writer.add_scalar(f"train_loss/by_{axis}", c.loss, value)
+    writer.add_scalar("lr/by_step", lr, c.step)
 
 
 def _to(state: Any, dev: torch.device) -> Any:
