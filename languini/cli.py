@@ -89,12 +89,14 @@ def _split_fractions(text: str) -> tuple[float, float, float]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the tokenizer's training sample.")
 @click.option("--sample-mb", default=2.0, show_default=True, help="Train text the SentencePiece trainer sees.")
 @click.option("--shard-tokens", default=64 << 20, show_default=True, help="Tokens per shard file.")
+@click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the per-shard stages in local processes or on Ray (RAY_ADDRESS, else a local instance).")
 @progress_option
 @json_option
 def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], tokenizer: str, vocab_size: int,
                  domain_field: str | None, split_text: str, skip_bad_lines: bool, force: bool,
-                 workers: int | None, seed: int, sample_mb: float, shard_tokens: int, progress: bool,
-                 as_json: bool) -> None:
+                 workers: int | None, seed: int, sample_mb: float, shard_tokens: int, executor_kind: str,
+                 progress: bool, as_json: bool) -> None:
     """Tokenize SOURCES into a prepared-data folder.
 
     \b
@@ -116,7 +118,7 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
     manifest = prepare(specs, out, tokenizer=tokenizer, vocab_size=vocab_size, domain_field=domain_field,
                        split=_split_fractions(split_text), skip_bad_lines=skip_bad_lines, force=force,
                        workers=workers, progress=progress, seed=seed,
-                       sample_bytes=int(sample_mb * 1e6), shard_tokens=shard_tokens)
+                       sample_bytes=int(sample_mb * 1e6), shard_tokens=shard_tokens, executor_kind=executor_kind)
     lines = [f"Prepared {out}  (tokenizer {manifest['tokenizer']['kind']}, "
              f"vocabulary {manifest['tokenizer']['vocab_size']}, {manifest['dtype']})"]
     for name, info in manifest["splits"].items():
@@ -139,12 +141,14 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
               help="Keep LSH candidates without checking their MinHash similarity.")
 @click.option("--workers", type=int, default=None, help="Processes (default: all cores).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the MinHash permutations.")
+@click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Run the per-shard stages in local processes or on Ray (RAY_ADDRESS, else a local instance).")
 @click.option("--force", is_flag=True, help="Replace an existing --out dataset.")
 @progress_option
 @json_option
 def data_dedup(data_dir: Path, out: Path, scope: str, threshold: float, ngram: int, num_perm: int,
-               decontaminate: bool, verify: bool, workers: int | None, seed: int, force: bool, progress: bool,
-               as_json: bool) -> None:
+               decontaminate: bool, verify: bool, workers: int | None, seed: int, executor_kind: str, force: bool,
+               progress: bool, as_json: bool) -> None:
     """Remove exact and near-duplicate train documents into a new prepared-data folder.
 
     Validation and test are copied unchanged, so every variant is scored on the same text.
@@ -155,7 +159,7 @@ def data_dedup(data_dir: Path, out: Path, scope: str, threshold: float, ngram: i
 
     report = dedup(data_dir, out, scope=scope, threshold=threshold, ngram=ngram, num_perm=num_perm,
                    decontaminate=decontaminate, verify=verify, workers=workers, progress=progress, force=force,
-                   seed=seed)
+                   seed=seed, executor_kind=executor_kind)
     emit(as_json, report, describe(report))
 
 

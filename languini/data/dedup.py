@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from languini.data.loader import PreparedData, TokenStream
 from languini.data.minhash import MIN_NUM_PERM, MinHasher, Signed, folded, linked_pairs, lsh_params, representatives, s_curve, sign
-from languini.data.prepare import FORMAT, SPLITS, run_tasks, stamp, worker_pool
+from languini.data.executors import executor, run_tasks
+from languini.data.prepare import FORMAT, SPLITS, stamp
 from languini.data.shards import DocInfo, EncodedBatch, SplitWriter
 from languini.data.tokenizer import Tokenizer, open_tokenizer
 from languini.errors import UserError
@@ -76,6 +77,7 @@ def dedup(
     progress: bool = True,
     force: bool = False,
     seed: int = 0,
+    executor_kind: str = "local",
 ) -> dict[str, Any]:
     """Write to `out` the prepared dataset `data_dir` without duplicate train documents.
 
@@ -93,7 +95,7 @@ def dedup(
     settings = Settings(scope, float(threshold), ngram, num_perm, bands, rows, seed, decontaminate, verify)
     workers = workers or os.cpu_count() or 1
     folded()  # built once here, inherited by the forked workers
-    with atomic_dir(out) as tmp, worker_pool(workers) as pool:
+    with atomic_dir(out) as tmp, executor(executor_kind, workers) as pool:
         corpus = read_corpus(parent, SPLITS if decontaminate else ("train",), MinHasher(num_perm, ngram, seed), settings, tmp / _SIGNATURES, pool, workers, progress)
         decision = decide(corpus, settings)
         (tmp / _SIGNATURES).unlink()  # the memory map stays readable until dropped; the folder moves clean
@@ -334,9 +336,11 @@ def child_manifest(parent: PreparedData, train: dict[str, Any], settings: Settin
     stamps = ("format", "languini_version", "created", "fingerprint")
     body = {key: value for key, value in parent.manifest.items() if key not in stamps + ("parent", "dedup")}
     body["splits"] = {**body["splits"], "train": train}
-    body["parent"] = {"path": str(parent.path.resolve()), "fingerprint": parent.fingerprint}
+    body["parent"] = {"fingerprint": parent.fingerprint}
     body["dedup"] = asdict(settings)
-    return stamp(body)
+    manifest = stamp(body)  # where the parent lies is not part of what the dataset is
+    manifest["parent"]["path"] = str(parent.path.resolve())
+    return manifest
 
 
 def build_report(parent: PreparedData, out: Path, manifest: dict[str, Any], settings: Settings, corpus: Corpus, decision: Decision) -> dict[str, Any]:

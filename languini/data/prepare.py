@@ -10,26 +10,24 @@ good one stood.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import heapq
-import multiprocessing
 import os
 import pickle
 import sys
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from itertools import chain
-from multiprocessing.pool import Pool
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
 from languini import __version__
+from languini.data.executors import Executor, executor, run_tasks
 from languini.data.shards import DEFAULT_SHARD_TOKENS, DocInfo, EncodedBatch, SplitWriter, token_dtype
 from languini.data.sources import ReadOptions, Source, parse_source, read_tasks
 from languini.data.tokenizer import Tokenizer, check_tokenizer_name, make_tokenizer, needs_training, open_tokenizer
@@ -46,7 +44,6 @@ SPILL_BATCH_BYTES = 4 << 20  # text per encoding task
 _SPILL = ".documents.pickle"
 
 Record = tuple[str, str, str, str, int]  # a spilled document: text, id, domain, split, UTF-8 bytes
-T = TypeVar("T")
 
 
 def prepare(
@@ -64,6 +61,7 @@ def prepare(
     seed: int = 0,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     sample_bytes: int = DEFAULT_SAMPLE_BYTES,
+    executor_kind: str = "local",
 ) -> dict[str, Any]:
     """Prepare `sources` (`SOURCE` or `NAME=SOURCE`) into the dataset folder `out`.
 
@@ -97,7 +95,7 @@ def prepare(
     }
     out = Path(out)
     check_out(out, request, None, force)
-    with atomic_dir(out) as tmp, worker_pool(workers) as pool:
+    with atomic_dir(out) as tmp, executor(executor_kind, workers) as pool:
         sample = TrainingSample(sample_bytes, seed) if trains else None
         corpus = read_corpus(parsed, ReadOptions(domain_field, skip_bad_lines), tmp / _SPILL, fractions, sample, pool, workers, progress)
         if sample and progress:
@@ -175,7 +173,7 @@ def read_corpus(
     spill: Path,
     fractions: Sequence[float],
     sample: TrainingSample | None,
-    pool: Pool | None,
+    pool: Executor | None,
     workers: int,
     progress: bool,
 ) -> Corpus:
@@ -222,35 +220,6 @@ def _check_nonempty(corpus: Corpus, fractions: Sequence[float]) -> None:
             )
 
 
-@contextlib.contextmanager
-def worker_pool(workers: int) -> Iterator[Pool | None]:
-    """Worker processes for reading and encoding; none for one worker (cheaper, simpler to
-    debug). Started before anything else so that no thread exists yet when they fork."""
-    if workers <= 1:
-        yield None
-        return
-    with multiprocessing.get_context().Pool(workers) as pool:
-        yield pool
-
-
-def run_tasks(pool: Pool | None, tasks: Iterable[Callable[[], T]], window: int) -> Iterator[T]:
-    """Run tasks on `pool`, at most `window` ahead, yielding their results in task order.
-
-    Task order (not finishing order) keeps the dataset independent of timing; the window
-    keeps memory bounded where `Pool.imap` would read a whole source ahead.
-    """
-    if pool is None:
-        yield from (task() for task in tasks)
-        return
-    pending: deque = deque()
-    for task in tasks:
-        pending.append(pool.apply_async(task))
-        if len(pending) > window:
-            yield pending.popleft().get()
-    while pending:
-        yield pending.popleft().get()
-
-
 def _spilled(path: Path) -> Iterator[list[Record]]:
     with open(path, "rb") as f:
         while True:
@@ -260,7 +229,7 @@ def _spilled(path: Path) -> Iterator[list[Record]]:
                 return
 
 
-def write_splits(corpus: Corpus, tok: Tokenizer, folder: Path, shard_tokens: int, pool: Pool | None, workers: int, progress: bool) -> dict[str, Any]:
+def write_splits(corpus: Corpus, tok: Tokenizer, folder: Path, shard_tokens: int, pool: Executor | None, workers: int, progress: bool) -> dict[str, Any]:
     """Pass two: tokenise the spilled documents on the workers and write each split."""
     domains = sorted(corpus.domains)
     dtype = token_dtype(tok.vocab_size)
