@@ -11,6 +11,7 @@ bytes and characters are those of every document's decoded text.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -68,16 +69,18 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, stri
     nll = np.zeros(n - 1, dtype=np.float64)
     correct = np.zeros(n - 1, dtype=bool)
     t = torch.from_numpy(tokens.astype(np.int64))
+    partial = "logits_from" in inspect.signature(model.forward).parameters
     for i in tqdm(range(0, len(windows), batch_size), desc="eval", disable=not progress, leave=False):
         chunk = windows[i : i + batch_size]
+        skip = min(first for _, first in chunk) if partial else 0  # positions no window scores
         x = torch.stack([t[s : s + length] for s, _ in chunk]).to(dev)
-        y = torch.stack([t[s + 1 : s + 1 + length] for s, _ in chunk]).to(dev)
+        y = torch.stack([t[s + 1 + skip : s + 1 + length] for s, _ in chunk]).to(dev)
         with devices.autocast(dev):
-            logits, _ = model(x)
+            logits, _ = model(x, logits_from=skip) if partial else model(x)
         w_nll, w_ok = (a.cpu().numpy() for a in _nll_and_correct(logits, y))
         for row, (s, first) in enumerate(chunk):
-            nll[s + first : s + length] = w_nll[row, first:]
-            correct[s + first : s + length] = w_ok[row, first:]
+            nll[s + first : s + length] = w_nll[row, first - skip :]
+            correct[s + first : s + length] = w_ok[row, first - skip :]
     return _reduce(nll, correct, world)
 
 
@@ -179,7 +182,7 @@ def summarize(scores: TokenScores, text: SplitText) -> dict:
 
 
 def score_model(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: torch.device,
-                batch_size: int = 16, stride: int | None = None, progress: bool = False,
+                batch_size: int = 64, stride: int | None = None, progress: bool = False,
                 world: World = World()) -> TokenScores:
     """The fixed protocol: sliding windows for stateless models, carried state for stateful."""
     model.eval()
@@ -188,7 +191,7 @@ def score_model(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: t
     return score_windows(model, tokens, seq_len, stride or max(1, seq_len // 4), batch_size, dev, progress, world)
 
 
-def evaluate_run(run_path, split: str = "test", batch_size: int = 16, stride: int | None = None,
+def evaluate_run(run_path, split: str = "test", batch_size: int = 64, stride: int | None = None,
                  device: str = "auto", progress: bool = False, world: World = World()) -> dict | None:
     """Score a finished run's checkpoint on a whole split, next to the train-split unigram.
 

@@ -7,7 +7,9 @@ The model contract (DESIGN.md): a `torch.nn.Module` subclass with
   is carried across chunks (detached by the caller) for recurrent ones;
 - `num_params() -> int` and `flops_per_token(seq_len) -> float` (training FLOPs, for MFU);
 - `stateful: bool` class attribute (default False): True asks the harness to feed each batch
-  row as one continuous stream and to carry the state between steps.
+  row as one continuous stream and to carry the state between steps;
+- optionally, `forward(..., logits_from=k)` returning logits for positions k.. only, which
+  sliding-window evaluation uses to skip the output layer where it scores nothing.
 Named sizes live in `configs.toml` beside the module that defines the class: one table per
 size holding the config fields, with an optional `[SIZE.train]` sub-table of training
 defaults (batch size, learning rate, ...).

@@ -95,7 +95,9 @@ class GPT(nn.Module):
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
 
-    def forward(self, tokens: torch.Tensor, state: None = None) -> tuple[torch.Tensor, None]:
+    def forward(self, tokens: torch.Tensor, state: None = None, logits_from: int = 0) -> tuple[torch.Tensor, None]:
+        """Logits for positions logits_from.. only: sliding-window evaluation scores the last
+        stride positions of each window, and the output layer dominates a small model's cost."""
         T = tokens.shape[1]
         if T > self.config.seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds the model's seq_len {self.config.seq_len}")
@@ -103,7 +105,7 @@ class GPT(nn.Module):
         x = self.drop(self.tok_emb(tokens) + self.pos_emb(pos))
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x)), None
+        return self.head(self.ln_f(x[:, logits_from:])), None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
