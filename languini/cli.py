@@ -481,7 +481,7 @@ def resume_cmd(run_dir: Path, progress: bool, as_json: bool) -> None:
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
-@click.option("--batch-size", default=64, show_default=True, help="Windows (or streams) per forward pass.")
+@click.option("--batch-size", default=64, show_default=True, help="Windows per forward pass (stateless models).")
 @click.option("--stride", type=int, default=None, help="GPT window stride (default: a quarter of seq_len).")
 @click.option("--device", default="auto", show_default=True)
 @progress_option

@@ -24,6 +24,10 @@ from languini import device as devices
 from languini.data.loader import PreparedData, TokenStream
 from languini.distributed import World, sum_arrays
 
+STREAMS = 16
+"""Stateful models read the split as this many streams, each starting from a zero state.
+Part of the protocol, not a speed setting: more streams means less context at their starts."""
+
 
 @dataclass
 class TokenScores:
@@ -85,12 +89,12 @@ def score_windows(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, stri
 
 
 @torch.no_grad()
-def score_streams(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, batch_size: int,
+def score_streams(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, streams: int,
                   dev: torch.device, progress: bool = False, world: World = World()) -> TokenScores:
-    """A stateful model over `batch_size` contiguous streams, state carried chunk to chunk;
-    ranks take every size-th stream."""
+    """A stateful model over contiguous streams, state carried chunk to chunk; ranks take every
+    size-th stream."""
     n_targets = len(tokens) - 1
-    rows = min(batch_size, n_targets)
+    rows = min(streams, n_targets)
     length = math.ceil(n_targets / rows)
     pad = rows * length - n_targets
     x = np.concatenate([tokens[:-1], np.zeros(pad, tokens.dtype)]).astype(np.int64).reshape(rows, length)
@@ -187,7 +191,7 @@ def score_model(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: t
     """The fixed protocol: sliding windows for stateless models, carried state for stateful."""
     model.eval()
     if getattr(model, "stateful", False):
-        return score_streams(model, tokens, seq_len, batch_size, dev, progress, world)
+        return score_streams(model, tokens, seq_len, STREAMS, dev, progress, world)
     return score_windows(model, tokens, seq_len, stride or max(1, seq_len // 4), batch_size, dev, progress, world)
 
 
@@ -227,5 +231,6 @@ def evaluate_run(run_path, split: str = "test", batch_size: int = 64, stride: in
         "method": "carried-state streams" if getattr(model, "stateful", False) else "sliding windows",
         "seq_len": model_cfg.seq_len,
         "stride": None if getattr(model, "stateful", False) else stride,
+        "streams": STREAMS if getattr(model, "stateful", False) else None,
     }
     return {split: metrics, "unigram_bits_per_byte": summarize(unigram, text)["bits_per_byte"]}

@@ -52,7 +52,7 @@ def test_streams_carry_the_state_like_one_long_pass():
     torch.manual_seed(0)
     model = fam.build(cfg).eval()
     tokens = np.random.default_rng(1).integers(0, 40, 70).astype(np.uint16)
-    scores = score_streams(model, tokens, seq_len=16, batch_size=1, dev=torch.device("cpu"))
+    scores = score_streams(model, tokens, seq_len=16, streams=1, dev=torch.device("cpu"))
     t = torch.from_numpy(tokens.astype(np.int64))
     with torch.no_grad():
         logits, _ = model(t[:-1].view(1, -1))  # one pass over all 69 inputs
