@@ -46,7 +46,21 @@ class CausalSelfAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
+def init_weights(m: nn.Module, n_layer: int) -> None:
+    """N(0, 0.02) weights, zero biases; residual projections scaled by 1/sqrt(2·layers) so the
+    residual stream's variance does not grow with depth (GPT-2). The qLSTM shares it."""
+    if isinstance(m, nn.Linear):
+        std = 0.02 / math.sqrt(2 * n_layer) if getattr(m, "residual", False) else 0.02
+        nn.init.normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.normal_(m.weight, std=0.02)
+
+
 class MLP(nn.Module):
+    """GELU MLP four times wider than the model; its output is a residual projection."""
+
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.up = nn.Linear(cfg.d_model, 4 * cfg.d_model)
@@ -84,16 +98,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model)
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init)
-
-    def _init(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.config.n_layer) if getattr(m, "residual", False) else 0.02
-            nn.init.normal_(m.weight, std=std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+        self.apply(lambda m: init_weights(m, config.n_layer))
 
     def forward(self, tokens: torch.Tensor, state: None = None, logits_from: int = 0) -> tuple[torch.Tensor, None]:
         """Logits for positions logits_from.. only: sliding-window evaluation scores the last
