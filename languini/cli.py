@@ -163,6 +163,29 @@ def data_dedup(data_dir: Path, out: Path, scope: str, threshold: float, ngram: i
     emit(as_json, report, describe(report))
 
 
+@data.command("make-tasks")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Task folder (default: DATA_DIR/eval_tasks).")
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
+@click.option("--context-words", default=32, show_default=True, help="Cloze: words of passage.")
+@click.option("--continuation-words", default=8, show_default=True, help="Cloze: words of each continuation.")
+@click.option("--choices", default=4, show_default=True, help="Cloze: the true continuation and distractors.")
+@click.option("--max-examples", default=1000, show_default=True, help="Cloze: examples at most.")
+@click.option("--seed", default=0, show_default=True)
+@json_option
+def data_make_tasks(data_dir: Path, out: Path | None, split: str, context_words: int, continuation_words: int,
+                    choices: int, max_examples: int, seed: int, as_json: bool) -> None:
+    """Write offline lm-eval tasks from a split: rolling bits-per-byte and a cloze choice.
+
+    `languini eval RUN --tasks languini` then runs both on a run trained on this data.
+    """
+    from languini.eval_tasks import ClozeSettings, make_tasks
+
+    ts = make_tasks(data_dir, out, split, ClozeSettings(context_words, continuation_words, choices, max_examples, seed))
+    report = {"tasks": ts.names, "include_path": str(ts.include_path), "examples": ts.examples}
+    emit(as_json, report, f"tasks {', '.join(ts.names)} written to {ts.include_path}")
+
+
 # --- mixes ------------------------------------------------------------------------------
 
 
@@ -483,29 +506,60 @@ def resume_cmd(run_dir: Path, progress: bool, as_json: bool) -> None:
 @click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
 @click.option("--batch-size", default=64, show_default=True, help="Windows per forward pass (stateless models).")
 @click.option("--stride", type=int, default=None, help="GPT window stride (default: a quarter of seq_len).")
+@click.option("--tasks", default=None, help="lm-eval tasks instead, comma-separated: languini_rolling, "
+              "languini_cloze (see `languini data make-tasks`), languini for both, or lm-eval's own.")
+@click.option("--limit", type=int, default=None, help="With --tasks: at most N documents per task.")
+@click.option("--include-path", "include_paths", multiple=True, type=click.Path(path_type=Path),
+              help="With --tasks: another folder of task YAMLs (repeatable).")
 @click.option("--device", default="auto", show_default=True)
 @progress_option
 @json_option
-def eval_cmd(run_dir: Path, split: str, batch_size: int, stride: int | None, device: str, progress: bool,
-             as_json: bool) -> None:
-    """Bits-per-byte and perplexities of a trained run on a whole split.
+def eval_cmd(run_dir: Path, split: str, batch_size: int, stride: int | None, tasks: str | None, limit: int | None,
+             include_paths: tuple[Path, ...], device: str, progress: bool, as_json: bool) -> None:
+    """Bits-per-byte and perplexities of a trained run on a whole split, or lm-eval tasks.
 
     Writes RUN_DIR/eval-SPLIT.json. Bits-per-byte divides the summed negative log-likelihood
     (in bits) by the UTF-8 bytes of the split's decoded text; character perplexity is what
-    Languini Kitchen calls normalised perplexity.
+    Languini Kitchen calls normalised perplexity. With --tasks, the scores are merged into
+    RUN_DIR/lm_eval.json.
     """
+    if batch_size < 1 or (stride is not None and stride < 1):
+        raise UserError("--batch-size and --stride must be positive.")
+    if tasks is not None:
+        from languini.lm_eval_adapter import run_tasks
+
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        results = run_tasks(run_dir, names, limit, list(include_paths), batch_size, device, stride)
+        lines = [f"{task}: " + ", ".join(f"{k.split(',')[0]} {v:.4f}" for k, v in r["metrics"].items()
+                                         if "," in k and "_stderr" not in k and isinstance(v, (int, float)))
+                 for task, r in results["tasks"].items()]
+        emit(as_json, results, "\n".join(lines) + f"\nresults: {run_dir / 'lm_eval.json'}")
+        return
     from languini.evaluate import evaluate_run
     from languini.io import atomic_write_json
 
-    if batch_size < 1 or (stride is not None and stride < 1):
-        raise UserError("--batch-size and --stride must be positive.")
     result = evaluate_run(run_dir, split, batch_size, stride, device, progress)
     atomic_write_json(run_dir / f"eval-{split}.json", result)
     m = result[split]
-    emit(as_json, result, f"{split}: {m['bits_per_byte']:.4f} bits/byte, token perplexity "
-         f"{m['token_perplexity']:.2f}, char perplexity {m['char_perplexity']:.3f} over {m['tokens']:,} tokens "
-         f"({m['bytes']:,} bytes); unigram {result['unigram_bits_per_byte']:.4f} bits/byte")
+    lines = [f"{split}: {m['bits_per_byte']:.4f} bits/byte, token perplexity {m['token_perplexity']:.2f}, "
+             f"char perplexity {m['char_perplexity']:.3f}, accuracy {m['accuracy']:.3f} over {m['tokens']:,} tokens "
+             f"({m['bytes']:,} bytes); unigram {result['unigram_bits_per_byte']:.4f} bits/byte"]
+    lines += [f"  {d:<12} {v['bits_per_byte']:.4f} bits/byte over {v['bytes']:,} bytes" for d, v in m["by_domain"].items()]
+    emit(as_json, result, "\n".join(lines))
 
+
+@main.command("lm-eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                          "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lm_eval_cmd(args: tuple[str, ...]) -> None:
+    """lm-eval's own command line, with the `languini` model registered.
+
+    \b
+    languini lm-eval run --model languini --model_args run_dir=RUN --device cpu --tasks ...
+    """
+    from languini.lm_eval_adapter import lm_eval_main
+
+    lm_eval_main(list(args))
 
 # --- submissions ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,9 @@ from tqdm import tqdm
 from languini import device as devices
 from languini.data.loader import PreparedData, TokenStream
 from languini.distributed import World, sum_arrays
+from languini.errors import UserError
+from languini.family import load_family, make_dataclass_strict
+from languini.run import RunDir
 
 STREAMS = 16
 """Stateful models read the split as this many streams, each starting from a zero state.
@@ -35,27 +39,56 @@ class TokenScores:
     correct: np.ndarray | None  # top-1 prediction right, where the scorer has a prediction
 
 
-def _gpt_windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int]]:
-    """(input start, first scored position in the window) for sliding windows of seq_len.
-
-    The first window scores all its targets; each later one moves by `stride` and scores only
-    the targets not scored before, so each has at least seq_len − stride tokens of context.
-    """
-    if n_tokens - 1 <= seq_len:
-        return [(0, 0)]
-    windows, done = [(0, 0)], seq_len + 1  # targets 1..seq_len are scored
-    while done < n_tokens:
-        end = min(done + stride, n_tokens)
-        start = end - 1 - seq_len
-        windows.append((start, done - (start + 1)))
-        done = end
-    return windows
-
-
 def _nll_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits = logits.float()
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     return nll.view(targets.shape), logits.argmax(-1) == targets
+
+
+@dataclass(frozen=True)
+class RunModel:
+    """A finished run's model in eval mode on its device, with the data it trained on."""
+
+    run: RunDir
+    family: str
+    model: torch.nn.Module
+    seq_len: int
+    data: PreparedData
+    device: torch.device
+
+
+def load_run_model(run_path: str | os.PathLike, device: str = "auto") -> RunModel:
+    """Rebuild a run's model from config.toml and its last checkpoint; refuse changed data."""
+    run = RunDir.open(run_path)
+    cfg = run.read_config()
+    family = load_family(cfg.family)
+    model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
+    data = PreparedData(cfg.data)
+    if data.fingerprint != cfg.data_fingerprint:
+        raise UserError(f"The data at {cfg.data} is not the data this run trained on (fingerprint differs).")
+    dev = devices.resolve(device)
+    model = family.build(model_cfg)
+    model.load_state_dict(run.load_checkpoint()["model"])
+    return RunModel(run, cfg.family, model.to(dev).eval(), model_cfg.seq_len, data, dev)
+
+
+def rolling_windows(n_tokens: int, seq_len: int, stride: int, first: int = 1) -> list[tuple[int, int, int]]:
+    """Windows (start, scored_from, end) that score targets first..n_tokens-1 once each.
+
+    A window's input is tokens[start:end-1], its targets tokens[start+1:end], and it scores the
+    targets at positions [scored_from, end). Targets within seq_len of the start go in the first
+    window (all the context there is); after that each window scores `stride` new targets and
+    reaches back seq_len tokens. With first=1 these are `languini.evaluate`'s windows.
+    """
+    if not 1 <= stride <= seq_len:
+        raise ValueError(f"stride {stride} must be between 1 and seq_len {seq_len}")
+    windows, done = [], first
+    while done < n_tokens:
+        end = min(n_tokens, max(done + stride, seq_len + 1))
+        start = max(0, end - 1 - seq_len)
+        windows.append((start, done, end))
+        done = end
+    return windows
 
 
 def _reduce(nll: np.ndarray, correct: np.ndarray, world: World) -> TokenScores:
@@ -66,25 +99,25 @@ def _reduce(nll: np.ndarray, correct: np.ndarray, world: World) -> TokenScores:
 @torch.no_grad()
 def score_windows(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, stride: int,
                   batch_size: int, dev: torch.device, progress: bool = False, world: World = World()) -> TokenScores:
-    """A stateless model over sliding windows (see `_gpt_windows`); ranks take every size-th window."""
+    """A stateless model over sliding windows (see `rolling_windows`); ranks take every size-th."""
     n = len(tokens)
     length = min(seq_len, n - 1)
-    windows = _gpt_windows(n, seq_len, stride)[world.rank :: world.size]
+    windows = rolling_windows(n, seq_len, stride)[world.rank :: world.size]
     nll = np.zeros(n - 1, dtype=np.float64)
     correct = np.zeros(n - 1, dtype=bool)
     t = torch.from_numpy(tokens.astype(np.int64))
     partial = "logits_from" in inspect.signature(model.forward).parameters
     for i in tqdm(range(0, len(windows), batch_size), desc="eval", disable=not progress, leave=False):
         chunk = windows[i : i + batch_size]
-        skip = min(first for _, first in chunk) if partial else 0  # positions no window scores
-        x = torch.stack([t[s : s + length] for s, _ in chunk]).to(dev)
-        y = torch.stack([t[s + 1 + skip : s + 1 + length] for s, _ in chunk]).to(dev)
+        skip = min(f - s - 1 for s, f, _ in chunk) if partial else 0  # positions no window scores
+        x = torch.stack([t[s : s + length] for s, _, _ in chunk]).to(dev)
+        y = torch.stack([t[s + 1 + skip : s + 1 + length] for s, _, _ in chunk]).to(dev)
         with devices.autocast(dev):
             logits, _ = model(x, logits_from=skip) if partial else model(x)
         w_nll, w_ok = (a.cpu().numpy() for a in _nll_and_correct(logits, y))
-        for row, (s, first) in enumerate(chunk):
-            nll[s + first : s + length] = w_nll[row, first - skip :]
-            correct[s + first : s + length] = w_ok[row, first - skip :]
+        for row, (s, f, e) in enumerate(chunk):
+            nll[f - 1 : e - 1] = w_nll[row, f - s - 1 - skip :]
+            correct[f - 1 : e - 1] = w_ok[row, f - s - 1 - skip :]
     return _reduce(nll, correct, world)
 
 
@@ -201,25 +234,11 @@ def evaluate_run(run_path, split: str = "test", batch_size: int = 64, stride: in
 
     Under torchrun the scoring is sharded over ranks and summed; rank 0 returns the metrics,
     the others None."""
-    from languini.family import load_family, make_dataclass_strict
-    from languini.run import RunDir
-
-    run = RunDir.open(run_path)
-    cfg = run.read_config()
-    family = load_family(cfg.family)
-    model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
-    dev = devices.resolve(device)
-    model = family.build(model_cfg)
-    model.load_state_dict(run.load_checkpoint()["model"])
-    model.to(dev)
-    data = PreparedData(cfg.data)
-    if data.fingerprint != cfg.data_fingerprint:
-        from languini.errors import UserError
-
-        raise UserError(f"The data at {cfg.data} is not the data this run trained on (fingerprint differs).")
+    rm = load_run_model(run_path, device)
+    model, data, dev, seq_len = rm.model, rm.data, rm.device, rm.seq_len
     tokens = data.stream(split).all()
-    stride = stride or max(1, model_cfg.seq_len // 4)
-    scores = score_model(model, tokens, model_cfg.seq_len, dev, batch_size, stride, progress, world)
+    stride = stride or max(1, seq_len // 4)
+    scores = score_model(model, tokens, seq_len, dev, batch_size, stride, progress, world)
     if not world.is_main:
         return None
     unigram = score_unigram(unigram_counts(data.stream("train"), data.vocab_size), tokens)
@@ -229,7 +248,7 @@ def evaluate_run(run_path, split: str = "test", batch_size: int = 64, stride: in
         "split": split,
         "whole_split": True,
         "method": "carried-state streams" if getattr(model, "stateful", False) else "sliding windows",
-        "seq_len": model_cfg.seq_len,
+        "seq_len": seq_len,
         "stride": None if getattr(model, "stateful", False) else stride,
         "streams": STREAMS if getattr(model, "stateful", False) else None,
     }

@@ -25,7 +25,7 @@ def invoke(*args):
 
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 0, (result.output, result.exception)
-    return result.output
+    return result.stdout  # progress bars and lm-eval's logs go to stderr
 
 
 def fails(*args):

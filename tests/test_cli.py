@@ -39,3 +39,17 @@ def test_dedup_through_the_cli(trained, tmp_path):
     assert (tmp_path / "d" / "manifest.json").exists()
     assert "threshold" in fails("data", "dedup", trained["data"], "--out", tmp_path / "e", "--threshold", 1.5)
     assert not (tmp_path / "e").exists()
+
+
+def test_lm_eval_tasks_through_the_cli(trained, tmp_path):
+    import json
+
+    from helpers import fails, invoke
+
+    made = json.loads(invoke("data", "make-tasks", trained["data"], "--out", tmp_path / "tasks", "--json"))
+    assert made["tasks"] == ["languini_rolling", "languini_cloze"]
+    out = json.loads(invoke("eval", trained["run"], "--tasks", "languini_rolling", "--limit", 2, "--include-path",
+                            tmp_path / "tasks", "--device", "cpu", "--json"))
+    assert out["tasks"]["languini_rolling"]["metrics"]["bits_per_byte,none"] > 0
+    assert "Unknown lm-eval task" in fails("eval", trained["run"], "--tasks", "no_such_task", "--include-path",
+                                           tmp_path / "tasks")

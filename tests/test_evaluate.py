@@ -4,20 +4,19 @@ import numpy as np
 import pytest
 import torch
 
-from languini.evaluate import TokenScores, _gpt_windows, score_unigram, score_windows
+from languini.evaluate import TokenScores, rolling_windows, score_unigram, score_windows
 from languini.family import load_family
 
 
 @pytest.mark.parametrize("n,seq_len,stride", [(10, 16, 4), (17, 16, 4), (100, 16, 4), (100, 16, 16), (101, 8, 3)])
 def test_windows_score_every_target_once_with_enough_context(n, seq_len, stride):
     scored = []
-    for start, first in _gpt_windows(n, seq_len, stride):
-        length = min(seq_len, n - 1)
-        for j in range(first, length):
-            target = start + 1 + j
+    for start, scored_from, end in rolling_windows(n, seq_len, stride):
+        assert end - 1 - start == min(seq_len, n - 1)
+        for target in range(scored_from, end):
             scored.append(target)
             if start > 0:
-                assert j >= seq_len - stride  # at least seq_len − stride tokens of context
+                assert target - 1 - start >= seq_len - stride  # at least seq_len − stride tokens of context
     assert sorted(scored) == list(range(1, n))
 
 

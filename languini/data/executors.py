@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
@@ -19,6 +20,7 @@ from languini.errors import UserError
 
 T = TypeVar("T")
 EXECUTORS = ("local", "ray")
+PRELOAD = ["languini.data.prepare", "languini.data.dedup"]
 
 
 class Pending(Protocol):
@@ -73,10 +75,18 @@ def _ray(workers: int) -> Iterator[RayExecutor]:
             ray.shutdown()
 
 
+def _single_threaded() -> bool:
+    """No Python thread besides this one: none can hold a lock across the fork. (BLAS
+    libraries' native threads register fork handlers of their own.)"""
+    return threading.active_count() == 1
+
+
 @contextlib.contextmanager
 def executor(kind: str, workers: int) -> Iterator[Executor | None]:
-    """Started before anything else so that no thread exists yet when a local pool forks;
-    none for one local worker (cheaper, simpler to debug)."""
+    """Local workers are forked, which is cheapest, only from a single-threaded process: one
+    that already runs Python threads (TensorBoard's, tqdm's, a test runner's) can fork a child
+    holding a lock no thread will release, and the pool then hangs; such a process gets its
+    workers from a forkserver. None for one local worker (cheaper, simpler to debug)."""
     if kind not in EXECUTORS:
         raise UserError(f"Unknown executor '{kind}' (use {' or '.join(EXECUTORS)}).")
     if kind == "ray":
@@ -85,7 +95,10 @@ def executor(kind: str, workers: int) -> Iterator[Executor | None]:
     elif workers <= 1:
         yield None
     else:
-        with multiprocessing.get_context().Pool(workers) as pool:
+        ctx = multiprocessing.get_context("fork" if _single_threaded() else "forkserver")
+        if ctx.get_start_method() == "forkserver":
+            ctx.set_forkserver_preload(PRELOAD)  # workers start with the stage code imported
+        with ctx.Pool(workers) as pool:
             yield pool
 
 
