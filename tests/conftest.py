@@ -36,6 +36,26 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def test_classes(tmp_path_factory):
+    """Tiny FLOP classes (budgets the same on any machine, a few seconds of training), added
+    to the project's own through LANGUINI_CLASSES_DIR, which subprocesses inherit too."""
+    from languini.compute import classes_dir
+
+    folder = tmp_path_factory.mktemp("classes")
+    for path in classes_dir().glob("*.toml"):
+        (folder / path.name).write_text(path.read_text())
+    (folder / "tests.toml").write_text(
+        '[[class]]\nname = "test-flops"\nflops = 3e10\n\n[[class]]\nname = "test-1e9"\nflops = 1e9\n')
+    old = os.environ.get("LANGUINI_CLASSES_DIR")
+    os.environ["LANGUINI_CLASSES_DIR"] = str(folder)
+    yield folder
+    if old is None:
+        del os.environ["LANGUINI_CLASSES_DIR"]
+    else:
+        os.environ["LANGUINI_CLASSES_DIR"] = old
+
+
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """One GPT nano trained through the CLI on a tiny two-domain corpus, shared by the tests."""
     from helpers import invoke, tiny_corpus

@@ -55,13 +55,13 @@ def config_file(tmp_path):
     return path
 
 
-def test_outside_model_goes_through_throughput_train_eval_submit(trained, config_file, tmp_path):
+def test_outside_model_goes_through_throughput_train_eval_submit(trained, config_file, tmp_path, test_classes):
     cert = tmp_path / "cert.json"
     invoke("throughput", "--family", FAMILY, "--config", config_file, "--data", trained["data"], "--steps", 2,
            "--warmup", 1, "--out", cert, "--no-progress")
     run = tmp_path / "run"
     r = json.loads(invoke("train", "--family", FAMILY, "--config", config_file, "--data", trained["data"],
-                          "--class", "cpu-10s", "--throughput", cert, "--out", run, "--no-progress", "--json"))
+                          "--class", "test-1e9", "--throughput", cert, "--out", run, "--no-progress", "--json"))
     assert r["family"] == FAMILY and r["test"]["bits_per_byte"] < r["unigram_bits_per_byte"]
     again = json.loads(invoke("eval", run, "--json", "--no-progress"))
     assert again["test"]["bits_per_byte"] == pytest.approx(r["test"]["bits_per_byte"])

@@ -92,10 +92,10 @@ def test_an_unsatisfiable_mix_refuses_to_start(tmp_path, two_domains):
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_records_its_mix(tmp_path, two_domains):
+def test_a_run_records_its_mix(tmp_path, two_domains, test_classes):
     path = spec(tmp_path, 'name = "even"\nmax_epochs = 100\n[weights]\nbig = 1\nsmall = 1\n')
     r = json.loads(invoke("train", "--family", "gpt", "--config", "nano", "--data", two_domains.path,
-                          "--class", "cpu-10s", "--mix", path, "--out", tmp_path / "run", "--batch-size", 4,
+                          "--class", "test-1e9", "--mix", path, "--out", tmp_path / "run", "--batch-size", 4,
                           "--no-progress", "--json"))
     assert r["mix"] == "even" and r["mix_details"]["weights"] == {"big": 0.5, "small": 0.5}
     assert set(r["mix_details"]["realised_shares"]) == {"big", "small"}
@@ -103,11 +103,11 @@ def test_a_run_records_its_mix(tmp_path, two_domains):
     assert json.loads((tmp_path / "run" / "mix.json").read_text())["name"] == "even"
 
 
-def test_compare_trains_each_mix_once_at_one_budget(tmp_path, two_domains):
+def test_compare_trains_each_mix_once_at_one_budget(tmp_path, two_domains, test_classes):
     for name, w in (("even", "big = 1\nsmall = 1"), ("big-only", "big = 1")):
         (tmp_path / f"{name}.toml").write_text(f'name = "{name}"\nmax_epochs = 100\n[weights]\n{w}\n')
     args = ["mix", "compare", tmp_path / "even.toml", tmp_path / "big-only.toml", "--family", "gpt", "--config",
-            "nano", "--class", "cpu-10s", "--data", two_domains.path, "--out", tmp_path / "cmp", "--no-progress"]
+            "nano", "--class", "test-flops", "--data", two_domains.path, "--out", tmp_path / "cmp", "--no-progress"]
     table = json.loads(invoke(*args, "--json"))
     rows = {r["mix"]: r for r in table["rows"]}
     assert set(rows) == {"even", "big-only"}

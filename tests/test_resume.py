@@ -1,7 +1,6 @@
 """A run that dies is resumed as the same run: real processes, real signals, exact equality."""
 
 import json
-import os
 import resource
 import shutil
 import signal
@@ -22,22 +21,13 @@ MODEL = "n_layer = 1\nd_model = 32\nn_head = 2\nseq_len = 64\nvocab_size = 257\n
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, test_classes):
     """Bytes-tokenised data, a small model, and a FLOP class: the budget is the same on any machine."""
     tmp = tmp_path_factory.mktemp("resume")
     invoke("data", "prepare", tiny_corpus(tmp / "c.jsonl"), "--out", tmp / "data", "--tokenizer", "bytes",
            "--split", "90/5/5", "--no-progress")
     (tmp / "model.toml").write_text(MODEL)
-    classes = tmp / "classes"
-    classes.mkdir()
-    (classes / "test.toml").write_text('[[class]]\nname = "test-flops"\nflops = 3e10\n')
-    old = os.environ.get("LANGUINI_CLASSES_DIR")
-    os.environ["LANGUINI_CLASSES_DIR"] = str(classes)  # subprocesses inherit it
-    yield tmp
-    if old is None:
-        del os.environ["LANGUINI_CLASSES_DIR"]
-    else:
-        os.environ["LANGUINI_CLASSES_DIR"] = old
+    return tmp
 
 
 @pytest.fixture(scope="module")
