@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from languini.errors import UserError
+from languini.io import read_toml
 
 LOCAL = "local"
 FLOPS = "flops"
@@ -39,14 +39,6 @@ def classes_dir() -> Path:
     """`compute_classes/` of this checkout, or $LANGUINI_CLASSES_DIR."""
     env = os.environ.get("LANGUINI_CLASSES_DIR")
     return Path(env) if env else Path(__file__).resolve().parent.parent / "compute_classes"
-
-
-def _load_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path} is not valid TOML ({e}).") from None
 
 
 def _parse_class(entry: dict[str, Any], path: Path) -> ComputeClass:
@@ -67,7 +59,7 @@ def load_classes(directory: Path | None = None) -> dict[str, ComputeClass]:
     for path in sorted(directory.glob("*.toml")):
         if path.name == "devices.toml":
             continue
-        for entry in _load_toml(path).get("class", []):
+        for entry in read_toml(path, "Compute classes").get("class", []):
             c = _parse_class(entry, path)
             if c.name in found:
                 raise UserError(f"Compute class '{c.name}' is defined twice (second time in {path}).")
@@ -84,7 +76,7 @@ def get_class(name: str) -> ComputeClass:
 
 def load_devices() -> dict[str, dict[str, Any]]:
     path = classes_dir() / "devices.toml"
-    return _load_toml(path) if path.exists() else {}
+    return read_toml(path, "Compute classes") if path.exists() else {}
 
 
 def find_device(device_name: str) -> tuple[str, dict[str, Any]] | None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from languini.errors import UserError
 from languini.family import make_dataclass_strict
+from languini.io import read_toml
 
 
 @dataclass
@@ -92,11 +92,4 @@ def to_toml(cfg: RunConfig) -> str:
 
 
 def load_run_config(path: Path) -> RunConfig:
-    try:
-        with path.open("rb") as f:
-            table = tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"No config.toml in {path.parent}: is it a run directory?") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path} is not valid TOML ({e}).") from None
-    return make_dataclass_strict(RunConfig, table, str(path))
+    return make_dataclass_strict(RunConfig, read_toml(path, "Run config"), str(path))

@@ -22,7 +22,6 @@ import hashlib
 import importlib
 import inspect
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 
 from languini.errors import UserError
+from languini.io import read_toml
 
 BUILTIN = {
     "gpt": "baselines.gpt.model:GPT",
@@ -52,16 +52,12 @@ class Family:
 
     def sizes(self) -> dict[str, dict[str, Any]]:
         path = Path(inspect.getfile(self.model_class)).with_name("configs.toml")
-        if not path.exists():
-            return {}
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return read_toml(path, "Sizes") if path.exists() else {}
 
     def config(self, name: str, **overrides: Any) -> tuple[Any, dict[str, Any]]:
         """The model config and the training defaults for a named size or a TOML file path."""
-        if name.endswith(".toml") and Path(name).exists():
-            with open(name, "rb") as f:
-                table = tomllib.load(f)
+        if name.endswith(".toml"):
+            table = read_toml(name, "Model config")
         else:
             sizes = self.sizes()
             if name not in sizes:

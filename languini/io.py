@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -82,6 +83,20 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise UserError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} at {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}).") from None
+
+
+def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """Read a TOML file a user wrote, turning a missing or malformed file into a UserError."""
+    from languini.errors import UserError
+
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{what} not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{what} {path} is not valid TOML ({e}).") from None
 
 
 @contextlib.contextmanager

@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from languini.errors import UserError
+from languini.io import read_toml
 
 KEYS = {"name", "data", "max_epochs", "weights", "selection"}
 
@@ -100,14 +100,7 @@ def parse_mix(table: dict[str, Any], where: str, default_name: str) -> Mix:
 
 def load_mix(path: str | Path) -> Mix:
     path = Path(path)
-    try:
-        with path.open("rb") as f:
-            table = tomllib.load(f)
-    except FileNotFoundError:
-        raise UserError(f"Mix spec not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"Mix spec {path} is not valid TOML ({e}).") from None
-    mix = parse_mix(table, str(path), path.stem)
+    mix = parse_mix(read_toml(path, "Mix spec"), str(path), path.stem)
     if mix.data is not None and not Path(mix.data).is_absolute():
         mix = Mix(mix.name, mix.weights, mix.max_epochs, str((path.parent / mix.data).resolve()), mix.selection)
     return mix
