@@ -1,0 +1,182 @@
+"""Figures of a fit written by `languini fit`, readable without a caption.
+
+Every figure has loss against compute on log-log axes: each group's points, its fitted curve
+(solid over the observed compute, dashed where it extrapolates), its bootstrap band, the
+predictions asked for, and each crossing with its interval. A `chinchilla` fit adds, per
+group, iso-loss contours of L(N, D) with the compute-optimal frontier N_opt(C), D_opt(C).
+
+The figure is built on a bare `Figure` (no pyplot, no global backend state) and written
+atomically, so a failed plot never leaves half a file behind.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from languini import scaling
+from languini.errors import UserError
+from languini.io import atomic_write_bytes, read_json
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def plot_fit(fit_path: Path, out: Path) -> None:
+    """Draw the fit at `fit_path` into `out`, whose extension picks the format."""
+    fmt = Path(out).suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UserError(f"--out must end in .png, .svg or .pdf, got '{Path(out).name}'.")
+    result = read_json(fit_path, "Fit")
+    if not (isinstance(result, dict) and result.get("law") in scaling.LAWS and result.get("groups")):
+        raise UserError(f"{fit_path} is not a fit written by `languini fit`.")
+    buf = io.BytesIO()
+    figure(result).savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
+    atomic_write_bytes(out, buf.getvalue())
+
+
+def figure(result: dict[str, Any]) -> Figure:
+    """Loss against compute, and for chinchilla one contour panel per group beside it."""
+    groups = result["groups"]
+    contour_panels = len(groups) if result["law"] == "chinchilla" else 0
+    fig = Figure(figsize=(7.5 + 6.0 * contour_panels, 5.2), layout="constrained")
+    axes = fig.subplots(1, 1 + contour_panels, squeeze=False)[0]
+    loss_vs_compute(axes[0], result)
+    for i, (ax, name) in enumerate(zip(axes[1:], groups)):
+        contours(fig, ax, result, name, f"C{i}")
+    return fig
+
+
+def _array(values: list[float | None]) -> np.ndarray:
+    """fit.json writes a missing value (no optimum there) as null: NaN leaves a gap in a line."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def _observed(compute: np.ndarray, group: dict[str, Any]) -> np.ndarray:
+    lo, hi = group["observed_compute"]
+    return (compute >= lo * (1 - 1e-9)) & (compute <= hi * (1 + 1e-9))
+
+
+def _solid_where_observed(ax: Axes, xs: np.ndarray, ys: np.ndarray, observed: np.ndarray, color: str,
+                          **style: Any) -> None:
+    """A dashed line throughout, drawn over by a solid one where the data reach."""
+    ax.plot(xs, ys, color=color, linestyle="--", **style)
+    ax.plot(np.where(observed, xs, np.nan), ys, color=color, **style)
+
+
+def _tex(v: float) -> str:
+    """A number for mathtext: 4 significant digits, powers of ten only when needed."""
+    if v == 0 or 1e-3 <= abs(v) < 1e5:
+        return f"{v:.4g}"
+    exponent = int(np.floor(np.log10(abs(v))))
+    return rf"{v / 10 ** exponent:.3g}\times10^{{{exponent}}}"
+
+
+def _error(value: float, interval: list[float] | None) -> list[list[float]] | None:
+    """Error-bar lengths; a percentile interval need not contain the point estimate, so clip at 0."""
+    if interval is None:
+        return None
+    return [[max(value - interval[0], 0.0)], [max(interval[1] - value, 0.0)]]
+
+
+def _law_label(law: str, p: dict[str, float]) -> str:
+    if law == "power":
+        return rf"$L = {_tex(p['E'])} + {_tex(p['A'])}\,C^{{-{_tex(p['alpha'])}}}$"
+    return (rf"$L = {_tex(p['E'])} + {_tex(p['A'])}/N^{{{_tex(p['alpha'])}}}"
+            rf" + {_tex(p['B'])}/D^{{{_tex(p['beta'])}}}$")
+
+
+def _interval_text(interval: list[float] | None) -> str:
+    return f" [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else ""
+
+
+def loss_vs_compute(ax: Axes, result: dict[str, Any]) -> None:
+    """Points, fitted curves with bands, predictions and crossings on log-log axes."""
+    law = result["law"]
+    for i, (name, g) in enumerate(result["groups"].items()):
+        color = f"C{i}"
+        ax.scatter([p["compute"] for p in g["points"]], [p["loss"] for p in g["points"]], color=color, zorder=3,
+                   label=f"{name}: {_law_label(law, g['params'])}")
+        if g["excluded"]:
+            ax.scatter([p["compute"] for p in g["excluded"]], [p["loss"] for p in g["excluded"]], zorder=3,
+                       facecolors="none", edgecolors=color, label=f"{name}: off the frontier (not fitted)")
+        curve = g["curve"]
+        xs, ys = _array(curve["compute"]), _array(curve["loss"])
+        _solid_where_observed(ax, xs, ys, _observed(xs, g), color)
+        if "low" in curve:
+            ax.fill_between(xs, _array(curve["low"]), _array(curve["high"]), color=color, alpha=0.2, linewidth=0)
+        for p in g["predictions"]:
+            if p["loss"] is None:
+                continue
+            ax.errorbar([p["compute"]], [p["loss"]], yerr=_error(p["loss"], p["interval"]), fmt="D", color=color,
+                        markerfacecolor="white", capsize=3, zorder=4)
+    notes = []
+    for x in result["intersections"]:
+        a, b = x["groups"]
+        if x["compute"] is None:
+            notes.append(x["statement"])
+            continue
+        ax.axvline(x["compute"], color="black", linestyle=":", linewidth=1)
+        if x["interval"]:
+            ax.axvspan(*x["interval"], color="black", alpha=0.08, linewidth=0)
+        ax.annotate(f"{a} = {b}\nat {x['compute']:.3g}{_interval_text(x['interval'])}", (x["compute"], 0.97),
+                    xycoords=("data", "axes fraction"), ha="center", va="top", fontsize=8,
+                    bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
+    if notes:
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom", wrap=True)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    compute_name = "C = 6·N·D" if law == "chinchilla" else "C"
+    ax.set_xlabel(f"training compute {compute_name} ({result['compute_unit']})")
+    ax.set_ylabel(result["loss_name"])
+    bands = (f"; bands: {result['confidence']:.0%} bootstrap ({result['bootstrap']} resamples)"
+             if result["bootstrap"] else "")
+    curve = "curves: loss at the compute-optimal N, D; " if law == "chinchilla" else ""
+    ax.set_title(f"{result['formula']}, Huber fit{bands}\n{curve}"
+                 "solid: observed compute, dashed: extrapolated; diamonds: predictions", fontsize=9)
+    ax.grid(True, which="both", alpha=0.2)
+    ax.legend(fontsize=7, loc="lower left")
+
+
+def contours(fig: Figure, ax: Axes, result: dict[str, Any], name: str, color: str) -> None:
+    """Iso-loss contours of one group's L(N, D) with its points and compute-optimal frontier."""
+    law, g = scaling.LAWS["chinchilla"], result["groups"][name]
+    n_pts = np.array([p["params"] for p in g["points"]])
+    d_pts = np.array([p["tokens"] for p in g["points"]])
+    curve = g["curve"]
+    n_front, d_front = _array(curve["params"]), _array(curve["tokens"])
+    n_all = np.concatenate([n_pts, n_front[np.isfinite(n_front)]])
+    d_all = np.concatenate([d_pts, d_front[np.isfinite(d_front)]])
+    nn, dd = np.meshgrid(np.geomspace(n_all.min() / 2, n_all.max() * 2, 200),
+                         np.geomspace(d_all.min() / 2, d_all.max() * 2, 200))
+    surface = scaling.predict(law, g["params"], nn, dd)
+    reducible = surface - g["params"]["E"]
+    levels = g["params"]["E"] + np.geomspace(reducible.min(), reducible.max(), 12)
+    norm = Normalize(levels[0], levels[-1])
+    lines = ax.contour(nn, dd, surface, levels, cmap="viridis", norm=norm, linewidths=0.8)
+    ax.clabel(lines, fmt="%.3g", fontsize=6)
+    dots = ax.scatter(n_pts, d_pts, c=[p["loss"] for p in g["points"]], cmap="viridis", norm=norm,
+                      edgecolors="black", linewidths=0.3, s=18, zorder=3, label="points (colour: loss)")
+    fig.colorbar(dots, ax=ax, label=result["loss_name"])
+    _solid_where_observed(ax, n_front, d_front, _observed(_array(curve["compute"]), g), color, linewidth=2)
+    ax.plot([], [], color=color, linewidth=2, label=r"compute-optimal $N_{opt}(C), D_{opt}(C)$")
+    for p in g["predictions"]:
+        if p["params"] is None:
+            continue
+        ax.errorbar([p["params"]], [p["tokens"]], xerr=_error(p["params"], p["params_interval"]),
+                    yerr=_error(p["tokens"], p["tokens_interval"]), fmt="D", color=color,
+                    markerfacecolor="white", capsize=3, zorder=4, label=f"optimum at C = {p['compute']:.3g} FLOPs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel("training tokens D")
+    ax.set_title(f"{name}: iso-loss contours of {_law_label('chinchilla', g['params'])}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
