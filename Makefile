@@ -7,7 +7,7 @@ LANGUINI := $(VENV)/bin/languini
 # torch and triton are pinned through constraints.txt (see the README's install notes).
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install quickstart test test-gpu bench clean
+.PHONY: install quickstart test test-gpu bench scaling-demo compare-selection clean
 
 install: $(STAMP)
 
@@ -20,6 +20,12 @@ quickstart: install
 	$(LANGUINI) data prepare builtin:stdlib --out data/stdlib --force
 	$(LANGUINI) train --family gpt --config nano --data data/stdlib --class cpu-2m --out runs/quickstart --force
 
+scaling-demo: install
+	bash examples/scaling_demo.sh
+
+compare-selection: install
+	bash examples/compare_selection.sh
+
 test: install
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -29,6 +35,10 @@ test-gpu: install
 bench: install
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/train_cpu.py
+	$(PY) benchmarks/throughput_repeatability.py
+	$(PY) benchmarks/fit_speed.py
+	$(PY) benchmarks/dedup.py
+	$(PY) benchmarks/qlstm_kernel.py
 
 clean:
 	rm -rf runs data build *.egg-info
