@@ -1,0 +1,114 @@
+"""A derived dataset: a subset of a parent's train documents, the parent's evaluation splits.
+
+Every selection method ends the same way: a boolean per train document (keep or not) becomes a
+new prepared-data folder whose train split holds the kept documents token for token, whose
+validation and test splits (and tokenizer) are the parent's byte for byte, so every variant is
+scored on the same text, and whose manifest names its parent and carries a `selection` entry.
+The writing is deduplication's (`languini.data.dedup`): the same split writer, the same copy
+of the evaluation splits, the same refusal to overwrite the input or a folder that is not ours.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from languini.data.dedup import Corpus, copy_unchanged, write_train
+from languini.data.loader import PreparedData
+from languini.data.prepare import stamp
+from languini.io import atomic_dir, atomic_write_json
+
+REPORT_FILE = "selection.json"
+STAMPS = ("format", "languini_version", "created", "fingerprint")
+PROVENANCE = ("parent", "dedup", "selection")  # what a derived dataset says about where it came from
+
+
+@dataclass(frozen=True)
+class DocTable:
+    """Per train document of a parent, in stream order: what the split writer sums."""
+
+    offsets: np.ndarray  # n + 1 token offsets into the train stream (each document ends with its EOD)
+    domains: np.ndarray  # index into the manifest's domains
+    ids: list[str]
+    n_bytes: np.ndarray  # UTF-8 bytes of the decoded text
+    n_chars: np.ndarray
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def document_table(parent: PreparedData, progress: bool) -> DocTable:
+    """Decode every train document once for its byte and character counts (the manifest's
+    per-domain statistics of the new split are sums of them)."""
+    docs = parent.documents("train")
+    stream, tok = parent.stream("train"), parent.tokenizer
+    n = len(docs.ids)
+    n_bytes, n_chars = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    for i in tqdm(range(n), desc="read", unit=" docs", disable=not progress, file=sys.stderr):
+        lo, hi = int(docs.offsets[i]), int(docs.offsets[i + 1])
+        text = tok.decode(stream.read(lo, hi - lo))
+        n_bytes[i], n_chars[i] = len(text.encode("utf-8")), len(text)
+    return DocTable(docs.offsets, docs.domains, docs.ids, n_bytes, n_chars)
+
+
+def write_derived(parent: PreparedData, table: DocTable, keep: np.ndarray, out: Path, selection: dict[str, Any],
+                  report: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+    """Write the kept train documents of `parent` as a new dataset at `out`, atomically.
+
+    `selection` goes into the manifest (and so into its fingerprint); `report`, when given, is
+    written beside it as `selection.json`. Returns the new manifest.
+    """
+    corpus = Corpus(  # dedup's writer reads only these per-document columns, never the signatures
+        split=np.zeros(len(table), dtype=np.int8), index=np.arange(len(table)), domain=table.domains,
+        tokens=table.tokens, n_bytes=table.n_bytes, n_chars=table.n_chars, ids={"train": table.ids}, signed=None,
+    )
+    with atomic_dir(out) as tmp:
+        train = write_train(parent, corpus, ~keep, tmp, progress)
+        copy_unchanged(parent, tmp)
+        manifest = derived_manifest(parent, train, "selection", selection)
+        atomic_write_json(tmp / "manifest.json", manifest)
+        if report is not None:
+            atomic_write_json(tmp / REPORT_FILE, {**report, "fingerprint": manifest["fingerprint"]})
+    return manifest
+
+
+def derived_manifest(parent: PreparedData, train: dict[str, Any], kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The parent's manifest with the new train split, a `parent` entry, the `kind` entry
+    (`selection`, or `dedup`) holding `settings`, and a fingerprint of its own. The parent's own
+    provenance entries are dropped (its fingerprint leads to them), and where the parent lies
+    is not part of what the dataset is."""
+    body = {k: v for k, v in parent.manifest.items() if k not in STAMPS + PROVENANCE}
+    body["splits"] = {**body["splits"], "train": train}
+    body["parent"] = {"fingerprint": parent.fingerprint}
+    body[kind] = settings
+    manifest = stamp(body)
+    manifest["parent"]["path"] = str(parent.path.resolve())
+    return manifest
+
+
+def token_shares(table: DocTable, mask: np.ndarray, domains: list[str]) -> dict[str, float]:
+    """Each domain's share of the tokens of the documents in `mask`."""
+    by_domain = np.bincount(table.domains[mask], weights=table.tokens[mask], minlength=len(domains))
+    total = by_domain.sum()
+    return {d: float(by_domain[i] / total) if total else 0.0 for i, d in enumerate(domains)}
+
+
+def counts(table: DocTable, keep: np.ndarray, domains: list[str]) -> dict[str, dict[str, int]]:
+    """Documents and tokens before and after, per domain present and in total."""
+    out = {}
+    for name, mask in [*((d, table.domains == i) for i, d in enumerate(domains)), ("total", np.ones(len(table), bool))]:
+        if not mask.any():
+            continue
+        tokens = table.tokens[mask]
+        out[name] = {"documents_before": int(mask.sum()), "documents_after": int(keep[mask].sum()),
+                     "tokens_before": int(tokens.sum()), "tokens_after": int(tokens[keep[mask]].sum())}
+    return out

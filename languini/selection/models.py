@@ -1,0 +1,119 @@
+"""The small models that select data, and what they cost.
+
+A selection model is a run of the harness itself: trained with `trainer.plan`/`trainer.train`,
+or given as a finished run directory. Its cost is counted in the units a compute class is
+counted in, through the run's own throughput certificate and budget:
+
+    train-equivalent tokens = tokens trained + forward-only tokens / 3
+    selection_hours         = train-equivalent tokens / reference tokens/s / 3600
+    selection_flops         = 6 · parameters · train-equivalent tokens
+
+A forward pass is a third of a training step (the backward pass costs about two forwards), so
+scoring or embedding N tokens costs what training N/3 tokens costs. Hours are reference-hours
+(the certificate's tokens/s times its device factor, exactly as a budget converts them);
+under a FLOP class the run has no reference-hours, so only the FLOPs are given. A selection's
+cost is the sum over the models it trained and ran.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from languini.data.loader import PreparedData
+from languini.errors import UserError
+from languini.family import load_family, make_dataclass_strict
+from languini.run import RunDir
+
+
+@dataclass
+class SelectionModel:
+    """A finished run's model, ready to score or embed documents of a dataset."""
+
+    run: Path
+    model: torch.nn.Module
+    seq_len: int
+    vocab_size: int
+    result: dict[str, Any]
+    budget: dict[str, Any]
+    checkpoint_sha256: str
+
+    def identity(self) -> dict[str, Any]:
+        """What the selection depended on: recorded in the derived dataset's manifest."""
+        r = self.result
+        return {"family": r["family"], "config": r["config"], "compute_class": r["compute_class"],
+                "data_fingerprint": r["data"]["fingerprint"], "checkpoint_sha256": self.checkpoint_sha256}
+
+
+def load_selection_model(run_dir: str | Path, data: PreparedData, dev: torch.device) -> SelectionModel:
+    """The model of a finished run whose tokenizer is the one `data` is tokenized with."""
+    run = RunDir.open(run_dir)
+    if not run.result.exists():
+        raise UserError(f"Run {run.path} has not finished (no result.json); train it to the end or give another run.")
+    cfg = run.read_config()
+    run_data = PreparedData(cfg.data)
+    if run_data.manifest["tokenizer"]["sha256"] != data.manifest["tokenizer"]["sha256"]:
+        raise UserError(f"Run {run.path} was trained with another tokenizer than {data.path}'s; its scores would "
+                        "not mean anything there.")
+    family = load_family(cfg.family)
+    model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
+    model = family.build(model_cfg)
+    model.load_state_dict(run.load_checkpoint()["model"])
+    model.to(dev).eval()
+    sidecar = run.checkpoints / "last.sha256"
+    return SelectionModel(run.path, model, model_cfg.seq_len, model_cfg.vocab_size,
+                          run.read_json(run.result, "Run result"), run.read_json(run.budget, "Budget"),
+                          sidecar.read_text().strip() if sidecar.exists() else "")
+
+
+def train_model(family: str, config: str, data_dir: str | Path, class_name: str, run_dir: str | Path,
+                train_overrides: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+    """Train a selection model with the harness (measuring its certificate); returns its result."""
+    from languini import trainer
+
+    p = trainer.plan(family, config, data_dir, class_name, train_overrides or {}, progress=progress)
+    return trainer.train(p, run_dir, force=True, progress=progress)
+
+
+def cost(budget: dict[str, Any], trained_tokens: int, forward_tokens: int) -> dict[str, Any]:
+    """One model's share of a selection's cost (see the module docstring for the rule)."""
+    equivalent = trained_tokens + forward_tokens / 3
+    hours = None if budget["mode"] == "flops" else equivalent / budget["reference_tokens_per_second"] / 3600
+    params = budget.get("params") or 0
+    return {"trained_tokens": int(trained_tokens), "forward_tokens": int(forward_tokens),
+            "train_equivalent_tokens": equivalent, "reference": budget["reference"],
+            "reference_tokens_per_second": budget["reference_tokens_per_second"],
+            "hours": hours, "flops": 6.0 * params * equivalent if params else None}
+
+
+def total_cost(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The sum of named parts; hours (or FLOPs) are unknown if any part's are, and hours on
+    different reference devices do not add up."""
+    def total(key: str) -> float | None:
+        values = [p[key] for p in parts.values()]
+        return None if any(v is None for v in values) else float(sum(values))
+
+    references = {p["reference"] for p in parts.values()}
+    reference = references.pop() if len(references) == 1 else None
+    return {"selection_hours": total("hours") if reference else None, "selection_reference": reference,
+            "selection_flops": total("flops"), "parts": parts,
+            "rule": "train-equivalent tokens = trained + forward/3; hours = those / reference tokens/s; "
+                    "flops = 6 x params x those"}
+
+
+def unknown_cost(why: str) -> dict[str, Any]:
+    """The cost of a selection model the harness did not train (e.g. a downloaded embedder)."""
+    return {"selection_hours": None, "selection_reference": None, "selection_flops": None, "parts": {}, "rule": why}
+
+
+
+def describe_cost(c: dict[str, Any]) -> str:
+    """A selection's cost in a few words: hours where known, else FLOPs, else why unknown."""
+    if c["selection_hours"] is not None:
+        return f"{c['selection_hours']:.4g} reference-hours on '{c['selection_reference']}'"
+    if c["selection_flops"] is not None:
+        return f"{c['selection_flops']:.3g} FLOPs"
+    return f"unknown ({c['rule']})"
