@@ -186,6 +186,143 @@ def data_make_tasks(data_dir: Path, out: Path | None, split: str, context_words:
     emit(as_json, report, f"tasks {', '.join(ts.names)} written to {ts.include_path}")
 
 
+# --- model-based selection -------------------------------------------------------------
+
+
+@data.group("select")
+def data_select() -> None:
+    """Choose train documents with a small model; each selection is a dataset and a mix spec.
+
+    \b
+    perplexity  keep documents by a reference model's perplexity (Ankner et al. 2024)
+    d4          SemDeDup + prototypicality pruning on embeddings (Tirumala et al. 2023)
+    See also `languini data doremi` (domain weights, Xie et al. 2023). Compare the outcomes
+    at equal compute with `languini mix compare OUT.toml ...`.
+    """
+
+
+def _selection_options(f):
+    for option in reversed([
+        click.option("--out", required=True, type=click.Path(path_type=Path),
+                     help="The new prepared-data folder (its mix spec goes to OUT.toml unless --mix-out)."),
+        click.option("--mix-out", type=click.Path(path_type=Path), default=None,
+                     help="Where to write the mix spec (default: OUT.toml beside OUT)."),
+        click.option("--max-epochs", default=4.0, show_default=True, help="The mix spec's max_epochs."),
+        click.option("--charge-selection", is_flag=True,
+                     help="Take the selection models' compute out of the training budget of runs on this mix."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--force", is_flag=True, help="Replace an existing OUT, mix spec and reference runs."),
+    ]):
+        f = option(f)
+    return f
+
+
+@data_select.command("perplexity")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--reference", "reference_run", type=click.Path(path_type=Path), default=None,
+              help="A finished run to score with (it scores every train document).")
+@click.option("--train-reference", "train_reference_class", default=None, metavar="CLASS",
+              help="Train a reference for this compute class on half the documents and score the other half.")
+@click.option("--family", default="gpt", show_default=True, help="The reference's family (with --train-reference).")
+@click.option("--config", "config_name", default="nano", show_default=True,
+              help="The reference's size (with --train-reference).")
+@click.option("--criterion", type=click.Choice(["low", "medium", "high"]), default="low", show_default=True,
+              help="Keep the lowest perplexities, those around the median, or the highest.")
+@click.option("--keep", default=0.5, show_default=True, help="Fraction of the scored documents to keep.")
+@_selection_options
+@progress_option
+@json_option
+def data_select_perplexity(data_dir: Path, reference_run: Path | None, train_reference_class: str | None, family: str,
+                           config_name: str, criterion: str, keep: float, out: Path, mix_out: Path | None,
+                           max_epochs: float, charge_selection: bool, seed: int, device: str, force: bool,
+                           progress: bool, as_json: bool) -> None:
+    """Perplexity pruning: keep the train documents a small reference model finds low (or
+    medium, or high) perplexity.
+
+    \b
+    languini data select perplexity data/stdlib --train-reference cpu-1m --criterion low \\
+        --keep 0.5 --out data/stdlib-ppl
+    The report (--json, and OUT/selection.json) gives the perplexity distribution and the
+    token share of each domain before and after, and every removed document's id and score.
+    """
+    from languini.selection.perplexity import describe, select_perplexity
+
+    report = select_perplexity(data_dir, out, reference_run=reference_run, train_reference_class=train_reference_class,
+                               family=family, config=config_name, criterion=criterion, keep=keep, seed=seed,
+                               mix_out=mix_out, max_epochs=max_epochs, charge_selection=charge_selection,
+                               device=device, progress=progress, force=force)
+    emit(as_json, report, describe(report))
+
+
+@data_select.command("d4")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--embedder", required=True, metavar="RUN_DIR|sentence-transformers:NAME",
+              help="A finished run (mean of its last hidden states) or a locally installed sentence-transformers "
+                   "model.")
+@click.option("--clusters", default=16, show_default=True, help="K of the spherical k-means.")
+@click.option("--dedup-eps", default=0.01, show_default=True,
+              help="SemDeDup drops a document whose cosine to a kept one exceeds 1 - eps.")
+@click.option("--keep", default=0.5, show_default=True,
+              help="Ratio of the documents left after prototypicality pruning.")
+@click.option("--batch-size", default=32, show_default=True, help="Documents per embedding pass.")
+@_selection_options
+@progress_option
+@json_option
+def data_select_d4(data_dir: Path, embedder: str, clusters: int, dedup_eps: float, keep: float, batch_size: int,
+                   out: Path, mix_out: Path | None, max_epochs: float, charge_selection: bool, seed: int, device: str,
+                   force: bool, progress: bool, as_json: bool) -> None:
+    """D4: embed, cluster, SemDeDup within clusters, re-cluster, prune the most prototypical.
+
+    \b
+    languini data select d4 data/stdlib --embedder runs/ref --clusters 16 --dedup-eps 0.01 \\
+        --keep 0.5 --out data/stdlib-d4
+    The report counts what each stage removed per domain and lists every removed document
+    with its stage, cluster and the similarity that removed it.
+    """
+    from languini.selection.d4 import describe, select_d4
+
+    report = select_d4(data_dir, out, embedder=embedder, clusters=clusters, dedup_eps=dedup_eps, keep=keep, seed=seed,
+                       mix_out=mix_out, max_epochs=max_epochs, charge_selection=charge_selection,
+                       batch_size=batch_size, device=device, progress=progress, force=force)
+    emit(as_json, report, describe(report))
+
+
+@data.command("doremi")
+@click.argument("data_dir", type=click.Path(path_type=Path))
+@click.option("--family", default="gpt", show_default=True, help="Family of the reference and proxy models.")
+@click.option("--config", "config_name", default="nano", show_default=True, help="Their size.")
+@click.option("--class", "class_name", required=True, help="Compute class each of the two models trains for.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The mix spec to write (MIX.toml).")
+@click.option("--eta", default=1.0, show_default=True, help="Step size of the exponentiated-gradient update.")
+@click.option("--smoothing", default=1e-3, show_default=True, help="Mixing with the uniform distribution, c.")
+@click.option("--max-epochs", default=4.0, show_default=True, help="The mix spec's max_epochs.")
+@click.option("--charge-selection", is_flag=True,
+              help="Take the reference's and proxy's compute out of the training budget of runs on this mix.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing mix spec and its runs.")
+@progress_option
+@json_option
+def data_doremi(data_dir: Path, family: str, config_name: str, class_name: str, out: Path, eta: float,
+                smoothing: float, max_epochs: float, charge_selection: bool, seed: int, force: bool, progress: bool,
+                as_json: bool) -> None:
+    """DoReMi: domain weights from a group-DRO proxy model, written as a mix spec.
+
+    \b
+    languini data doremi data/stdlib --family gpt --config nano --class cpu-1m --out doremi.toml
+    A reference model trains on the natural mix; a proxy of the same size trains with group DRO
+    against it (every batch holds every domain). The mix spec's [weights] are the proxy's
+    domain weights averaged over its steps; the trajectory is written beside it as
+    MIX.trajectory.json and MIX.trajectory.png, the runs under MIX.runs/.
+    """
+    from languini.doremi import describe, doremi
+
+    report = doremi(data_dir, out, family=family, config=config_name, class_name=class_name, eta=eta,
+                    smoothing=smoothing, seed=seed, max_epochs=max_epochs, charge_selection=charge_selection,
+                    progress=progress, force=force)
+    emit(as_json, report, describe(report))
+
+
 # --- mixes ------------------------------------------------------------------------------
 
 
@@ -202,22 +339,27 @@ def mix() -> None:
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="Prepared data for mixes whose spec names none.")
 @click.option("--seeds", default=1, show_default=True, help="Runs per mix (seeds 0..S-1); the table shows mean ± spread.")
+@click.option("--any-tokenizer", is_flag=True,
+              help="Train mixes selected under another tokenizer than their data's anyway (with a warning).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for the runs, compare.json and compare.png; finished runs in it are reused.")
 @progress_option
 @json_option
 def mix_compare(mixes: tuple[Path, ...], family: str, config_name: str, class_name: str, data_dir: Path | None,
-                seeds: int, out: Path, progress: bool, as_json: bool) -> None:
+                seeds: int, any_tokenizer: bool, out: Path, progress: bool, as_json: bool) -> None:
     """Train one run per MIX spec (and seed) at the same token budget and compare test bits/byte.
 
     All runs share one throughput certificate (so one budget) and one test split (the mixes'
-    data must come from one prepared dataset, e.g. its dedup outputs). Writes a table
-    (compare.json, printed as markdown) and a figure of per-domain bits-per-byte.
+    data must come from one prepared dataset, e.g. its dedup or selection outputs). Writes a
+    table (compare.json, printed as markdown) and a figure (compare.png) of overall and
+    per-domain bits-per-byte. A mix made by a selection command shows its selection cost; with
+    `charge = true` in its [selection] table that cost came out of its training budget.
     """
     from languini.mixes import compare, comparison_markdown
 
-    table = compare(list(mixes), family, config_name, class_name, out, seeds, data_dir, progress)
-    emit(as_json, table, comparison_markdown(table) + f"\ntable: {out / 'compare.json'}")
+    table = compare(list(mixes), family, config_name, class_name, out, seeds, data_dir, progress, any_tokenizer,
+                    warn=lambda m: click.echo(m, err=True))
+    emit(as_json, table, comparison_markdown(table) + f"\ntable: {out / 'compare.json'}, figure: {out / 'compare.png'}")
 
 
 # --- compute ----------------------------------------------------------------------------
@@ -393,11 +535,20 @@ def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len
 
 def _budget_line(b: Any) -> str:
     if b.mode == "flops":
-        return (f"class {b.compute_class} ({b.flops:g} FLOPs = 6 × {b.params:,} parameters × tokens): "
+        return (f"class {b.compute_class} ({b.flops:g} FLOPs{_charged(b)}; tokens = FLOPs / (6 × {b.params:,} "
+                "parameters)): "
                 f"{b.tokens:,} tokens = {b.steps:,} steps of {b.batch_size}×{b.seq_len}")
-    return (f"class {b.compute_class} ({b.hours:g} h on {b.reference}) at {b.reference_tokens_per_second:,.0f} "
-            f"reference tokens/s: {b.tokens:,} tokens = {b.steps:,} steps of {b.batch_size}×{b.seq_len} "
-            f"({b.reference_hours:.4g} reference-hours; {b.mode}, device factor {b.device_factor:g})")
+    return (f"class {b.compute_class} ({b.hours:g} h on {b.reference}{_charged(b)}) at "
+            f"{b.reference_tokens_per_second:,.0f} reference tokens/s: {b.tokens:,} tokens = {b.steps:,} steps of "
+            f"{b.batch_size}×{b.seq_len} ({b.reference_hours:.4g} reference-hours; {b.mode}, device factor "
+            f"{b.device_factor:g})")
+
+
+def _charged(b: Any) -> str:
+    if not b.charge:
+        return ""
+    unit = "FLOPs" if b.mode == "flops" else "h"
+    return f", less {b.charge['charged']:.4g} {unit} charged for {b.charge['source']}"
 
 
 # --- train and eval ---------------------------------------------------------------------
@@ -411,6 +562,8 @@ def _budget_line(b: Any) -> str:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
 @click.option("--mix", "mix_path", type=click.Path(path_type=Path), default=None,
               help="A mix spec (TOML): domain weights, max epochs, data; see the README.")
+@click.option("--any-tokenizer", is_flag=True,
+              help="Train a --mix selected under another tokenizer than the data's anyway (with a warning).")
 @click.option("--throughput", "cert_path", type=click.Path(path_type=Path), default=None,
               help="Use this certificate instead of measuring now.")
 @calibration_options
@@ -428,7 +581,7 @@ def _budget_line(b: Any) -> str:
 @json_option
 def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None, device: str,
               compile_: bool, data_dir: Path | None, class_name: str, out: Path, mix_path: Path | None,
-              cert_path: Path | None,
+              any_tokenizer: bool, cert_path: Path | None,
               calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
               eval_every: int | None, log_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool, progress: bool,
               as_json: bool) -> None:
@@ -452,10 +605,9 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
         cert_path = cert_path or RunDir.open(out).throughput  # the budget stays the one certified
     cert = _read_certificate(cert_path) if cert_path else None
     mix = load_mix(mix_path) if mix_path else None
-    if data_dir is None and not (mix and mix.data):
-        raise UserError("Give --data, or a --mix whose spec names its data.")
     p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert,
-                     _calibration(calibration_path, device_factor), progress, mix)
+                     _calibration(calibration_path, device_factor), progress, mix, any_tokenizer,
+                     warn=lambda m: click.echo(m, err=True))
     if resume_:
         result = trainer.resume(out, p, force, progress, warn=lambda m: click.echo(m, err=True))
         if result is not None:

@@ -10,6 +10,10 @@ The device factor is yardstick tokens/s on the reference ÷ on the measuring dev
 (`languini calibrate`); it is 1 on the reference itself and for classes whose reference is
 "local". FLOP classes buy tokens = floor(FLOPs / (6 · parameters)) (DCLM style). Every input
 of the conversion is returned, so the run writes it down.
+
+A budget can be charged: compute spent before training for the run's sake (a data-selection
+model's, say) comes out of the class's hours or FLOPs first, and the charge is part of the
+budget, so the submission check and a resume recompute the same numbers.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class Budget:
     steps: int
     tokens_trained: int
     reference_hours: float | None
+    charge: dict[str, Any] | None = None  # see `charged_amount`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,21 +149,47 @@ def _device_factor(cls: ComputeClass, device: str, calibration: dict[str, Any] |
     )
 
 
+def charged_amount(cls: ComputeClass, charge: dict[str, Any]) -> float:
+    """What a charge takes from `cls`, in its unit.
+
+    A charge is `{"hours": H or None, "flops": F or None, "reference": DEVICE, "source": WHY}`:
+    an hours class takes H (which must be hours on its own reference), a FLOP class takes F.
+    """
+    unit = "flops" if cls.reference == FLOPS else "hours"
+    unit_name = "FLOPs" if unit == "flops" else "hours"
+    spent, source = charge.get(unit), charge.get("source", "the charge")
+    at_start = source[:1].upper() + source[1:]
+    if spent is None:
+        raise UserError(f"The {unit_name} of {source} are unknown, so they cannot be charged to class '{cls.name}'.")
+    if unit == "hours" and charge.get("reference") != cls.reference:
+        raise UserError(f"{at_start} cost hours on '{charge.get('reference')}', class '{cls.name}' counts hours on "
+                        f"'{cls.reference}'; they cannot be subtracted.")
+    spent = float(spent)
+    if not (spent >= 0 and math.isfinite(spent)):
+        raise UserError(f"The charge of {source} must be a non-negative number, got {spent}.")
+    if not spent < (cls.flops if unit == "flops" else cls.hours):
+        raise UserError(f"{at_start} cost {spent:.4g} {unit_name}, all of class '{cls.name}' and more: charged, nothing "
+                        "is left to train.")
+    return spent
+
+
 def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int, seq_len: int, device: str,
-                   calibration: dict[str, Any] | None = None, params: int | None = None) -> Budget:
+                   calibration: dict[str, Any] | None = None, params: int | None = None,
+                   charge: dict[str, Any] | None = None) -> Budget:
     if not (tokens_per_second > 0 and math.isfinite(tokens_per_second)):
         raise UserError(f"The measured throughput must be a positive number of tokens/s, got {tokens_per_second}.")
     if batch_size < 1 or seq_len < 1:
         raise UserError("Batch size and sequence length must be positive.")
+    spent = charged_amount(cls, charge) if charge else 0.0
     if cls.reference == FLOPS:
         if not params:
             raise UserError(f"FLOP class '{cls.name}' needs the model's parameter count.")
         factor, mode, ref_tps = 1.0, FLOPS, tokens_per_second
-        tokens = math.floor(cls.flops / (6 * params))
+        tokens = math.floor((cls.flops - spent) / (6 * params))
     else:
         factor, mode = _device_factor(cls, device, calibration)
         ref_tps = tokens_per_second * factor
-        tokens = math.floor(ref_tps * cls.hours * 3600)
+        tokens = math.floor(ref_tps * (cls.hours - spent) * 3600)
     steps = tokens // (batch_size * seq_len)
     if steps < 1:
         raise UserError(f"Class '{cls.name}' buys {tokens} tokens, less than one step of {batch_size}×{seq_len}; "
@@ -170,6 +201,7 @@ def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int,
         reference_tokens_per_second=ref_tps, params=params, batch_size=batch_size, seq_len=seq_len,
         tokens=tokens, steps=steps, tokens_trained=trained,
         reference_hours=None if mode == FLOPS else trained / ref_tps / 3600,
+        charge={**charge, "charged": spent} if charge else None,
     )
 
 
@@ -181,7 +213,8 @@ def factor_as_calibration(device_factor: float | None) -> dict[str, Any] | None:
 
 
 def budget_from_certificate(cls: ComputeClass, cert: dict[str, Any], calibration: dict[str, Any] | None = None,
-                            batch_size: int | None = None, seq_len: int | None = None) -> Budget:
+                            batch_size: int | None = None, seq_len: int | None = None,
+                            charge: dict[str, Any] | None = None) -> Budget:
     """The budget a throughput certificate buys: what training and the submission check call."""
     try:
         return compute_budget(
@@ -192,6 +225,7 @@ def budget_from_certificate(cls: ComputeClass, cert: dict[str, Any], calibration
             device=str(cert["device"]),
             calibration=calibration,
             params=int(cert["params"]) if "params" in cert else None,
+            charge=charge,
         )
     except KeyError as e:
         raise UserError(f"The throughput certificate lacks the key {e}.") from None

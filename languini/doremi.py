@@ -24,7 +24,6 @@ needs the whole batch's losses before the step.
 from __future__ import annotations
 
 import dataclasses
-import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from languini.data.loader import MixedStreams, PreparedData
 from languini.errors import UserError
 from languini.io import atomic_write_bytes, atomic_write_json, read_json
 from languini.mixes import Mix, train_domain_tokens
+from languini.plots import doremi_trajectory, png_bytes
 from languini.run import RunDir
 from languini.selection.mixspec import check_spec_out, selection_table, write_mix_spec
 from languini.selection.models import cost, describe_cost, load_selection_model, total_cost, train_model
@@ -98,7 +98,7 @@ def doremi(data_dir: str | Path, out_mix: str | Path, *, family: str = "gpt", co
         "cost": spent,
     }
     atomic_write_json(paths["trajectory"], {**report, **trajectory.to_dict()})
-    atomic_write_bytes(paths["figure"], figure(trajectory, natural))
+    atomic_write_bytes(paths["figure"], png_bytes(doremi_trajectory(domains, trajectory.weights, natural)))
     write_mix_spec(out_mix, Mix(out_mix.stem, weights, max_epochs, str(data.path), selection_table(
         "doremi", data, spent, charge_selection, family=p.family.name, config=p.config_name,
         compute_class=p.budget.compute_class, eta=eta, smoothing=smoothing, steps=p.budget.steps,
@@ -240,28 +240,6 @@ def train_proxy(p: trainer.Plan, reference: torch.nn.Module, domains: list[str],
 def _shares(tokens: dict[str, int], domains: list[str]) -> dict[str, float]:
     total = sum(tokens[d] for d in domains)
     return {d: tokens[d] / total for d in domains}
-
-
-def figure(t: Trajectory, natural: dict[str, float]) -> bytes:
-    """Domain weight against step (solid), the average that becomes the mix (dashed) and the
-    natural share (dotted), as PNG bytes."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = fig.subplots()
-    steps = np.arange(1, len(t.weights) + 1)
-    for i, d in enumerate(t.domains):
-        color = f"C{i}"
-        ax.plot(steps, t.weights[:, i], color=color, label=f"{d} (mean {t.weights[:, i].mean():.3f}, "
-                                                          f"natural {natural[d]:.3f})")
-        ax.axhline(t.weights[:, i].mean(), color=color, linestyle="--", linewidth=1)
-        ax.axhline(natural[d], color=color, linestyle=":", linewidth=1)
-    ax.set(xlabel="proxy step", ylabel="domain weight α", ylim=(0, 1),
-           title="DoReMi domain weights (dashed: average = the mix; dotted: natural share)")
-    ax.legend(loc="best", fontsize="small")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
 
 
 def describe(report: dict[str, Any]) -> str:

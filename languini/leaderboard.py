@@ -112,7 +112,8 @@ def _check_certificate(e: Entry) -> None:
 def _check_budget(e: Entry) -> None:
     cert, budget, result = e.files["throughput.json"], e.files["budget.json"], e.result
     try:
-        recomputed = budget_from_certificate(get_class(budget["compute_class"]), cert, budget.get("calibration"))
+        recomputed = budget_from_certificate(get_class(budget["compute_class"]), cert, budget.get("calibration"),
+                                             charge=budget.get("charge"))
     except (UserError, KeyError) as err:
         e.fail("budget", f"cannot recompute the budget from the certificate ({err})")
         return

@@ -11,6 +11,12 @@ A mix spec is a small TOML file:
 
 Weights are token shares: non-negative, naming known domains, not all zero; they are
 normalised and the normalised values are what the run records.
+
+A mix made by a selection command (`languini.selection`) also carries a `[selection]` table:
+its provenance, the tokenizer it was selected under and its cost. Two rules travel with it:
+weights and scores measured in one tokenizer's tokens do not transfer to data tokenized with
+another (`check_tokenizer`), and with `charge = true` the cost comes out of the training
+budget (`charge`).
 """
 
 from __future__ import annotations
@@ -64,6 +70,27 @@ class Mix:
                     f"{domain_tokens.get(domain, 0):,} (× {self.max_epochs:g} epochs allowed): "
                     f"{need - have:,.0f} tokens short."
                 )
+
+    def charge(self) -> dict[str, Any] | None:
+        """The selection's cost as a budget charge (`compute.charged_amount`), if it is charged."""
+        sel = self.selection or {}
+        if sel.get("charge") is not True:
+            return None
+        return {"hours": sel.get("selection_hours"), "flops": sel.get("selection_flops"),
+                "reference": sel.get("selection_reference"),
+                "source": f"the {sel.get('method', 'data')} selection behind mix '{self.name}'"}
+
+    def check_tokenizer(self, data: Any, force: bool = False) -> str | None:
+        """Refuse data tokenized otherwise than the mix was selected on; forced, return a warning."""
+        selected = (self.selection or {}).get("tokenizer_sha256")
+        have = data.manifest["tokenizer"]["sha256"]
+        if not selected or selected == have:
+            return None
+        message = (f"Mix '{self.name}' was selected on data tokenized with tokenizer {selected[:12]}, but "
+                   f"{data.path} uses {have[:12]}; selection results do not transfer across tokenizers")
+        if not force:
+            raise UserError(f"{message}: select again on this data, or pass --any-tokenizer to use it anyway.")
+        return f"warning: {message}."
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,17 +146,20 @@ def _mean_spread(values: list[float]) -> dict[str, float]:
 
 
 def compare(mix_paths: list[str | Path], family: str, config: str, class_name: str, out_dir: str | Path,
-            seeds: int = 1, data_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+            seeds: int = 1, data_dir: str | Path | None = None, progress: bool = True,
+            any_tokenizer: bool = False, warn: Any = print) -> dict[str, Any]:
     """Train every mix (× seed) at one compute class and one certificate; tabulate test bits/byte.
 
-    One throughput certificate serves every run, so every run gets the same token budget;
-    every mix's data must share the tokenizer and the test split, so every run is scored on
-    the same text. Runs that already hold a result for the same mix are reused.
+    One throughput certificate serves every run, so every run gets the same token budget (less
+    a charged selection's cost); every mix's data must share the tokenizer and the test split,
+    so every run is scored on the same text. Runs that already hold a result for the same mix
+    are reused. Writes `compare.json` and the figure `compare.png` into `out_dir`.
     """
+    from languini.plots import mix_comparison, png_bytes
     from languini import throughput, trainer
     from languini.data.loader import PreparedData
     from languini.family import load_family
-    from languini.io import atomic_write_json, read_json
+    from languini.io import atomic_write_bytes, atomic_write_json, read_json
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
@@ -170,10 +200,11 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
                     raise UserError(f"{run} holds a run of a different mix '{result.get('mix')}'; move it away.")
             else:
                 p = trainer.plan(family, config, datas[mix.name].path, class_name, {"seed": seed}, cert,
-                                 progress=progress, mix=mix)
+                                 progress=progress, mix=mix, any_tokenizer=any_tokenizer, warn=warn)
                 result = trainer.train(p, run, force=True, progress=progress)
             runs.setdefault(mix.name, []).append(result)
-    table = comparison_table(runs)
+    table = comparison_table(runs, class_name)
+    atomic_write_bytes(out_dir / "compare.png", png_bytes(mix_comparison(table)))
     atomic_write_json(out_dir / "compare.json", table)
     return table
 
@@ -182,30 +213,57 @@ def train_domain_tokens(data: Any) -> dict[str, int]:
     return {d: v["tokens"] for d, v in data.manifest["splits"]["train"]["by_domain"].items()}
 
 
-def comparison_table(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def selection_cost(result: dict[str, Any]) -> dict[str, Any] | None:
+    """What a run's data selection cost and whether its budget paid for it (None: no selection)."""
+    details = result.get("mix_details") or {}
+    sel = details.get("selection")
+    if not sel:
+        return None
+    return {"method": sel.get("method"), "selection_hours": sel.get("selection_hours"),
+            "selection_reference": sel.get("selection_reference"), "selection_flops": sel.get("selection_flops"),
+            "charged": sel.get("charge") is True}
+
+
+def comparison_table(runs: dict[str, list[dict[str, Any]]], class_name: str) -> dict[str, Any]:
     rows = []
     for name, results in runs.items():
         domains = sorted({d for r in results for d in r["test"]["by_domain"]})
         rows.append({
             "mix": name,
             "tokens": results[0]["tokens_trained"],
+            "reference_hours": results[0].get("reference_hours"),
             "seeds": len(results),
             "bits_per_byte": _mean_spread([r["test"]["bits_per_byte"] for r in results]),
             "by_domain": {d: _mean_spread([r["test"]["by_domain"][d]["bits_per_byte"] for r in results
                                            if d in r["test"]["by_domain"]]) for d in domains},
             "weights": (results[0].get("mix_details") or {}).get("weights"),
+            "selection": selection_cost(results[0]),
         })
     rows.sort(key=lambda r: r["bits_per_byte"]["mean"])
-    return {"rows": rows}
+    return {"compute_class": class_name, "rows": rows}
+
+
+def cost_text(sel: dict[str, Any] | None) -> str:
+    """A row's `selection` in a few words: method, cost, and whether the budget paid it."""
+    if sel is None:
+        return "–"
+    if sel["selection_hours"] is not None:
+        cost = f"{sel['selection_hours']:.3g} h"
+    elif sel["selection_flops"] is not None:
+        cost = f"{sel['selection_flops']:.3g} FLOPs"
+    else:
+        cost = "cost unknown"
+    return f"{sel['method']}: {cost}" + (" (charged)" if sel["charged"] else "")
 
 
 def comparison_markdown(table: dict[str, Any]) -> str:
+    """The table: one row per mix, best first; selection cost beside each (charged or not)."""
     domains = sorted({d for r in table["rows"] for d in r["by_domain"]})
-    head = "| mix | tokens | seeds | test bits/byte | " + " | ".join(domains) + " |"
-    lines = [head, "|" + "---|" * (4 + len(domains))]
+    head = "| mix | tokens | seeds | test bits/byte | " + " | ".join(domains) + " | selection cost |"
+    lines = [head, "|" + "---|" * (5 + len(domains))]
     for r in table["rows"]:
         cells = [f"{r['by_domain'][d]['mean']:.4f} ± {r['by_domain'][d]['spread']:.4f}" if d in r["by_domain"]
                  else "–" for d in domains]
         lines.append(f"| {r['mix']} | {r['tokens']:,} | {r['seeds']} | {r['bits_per_byte']['mean']:.4f} ± "
-                     f"{r['bits_per_byte']['spread']:.4f} | " + " | ".join(cells) + " |")
+                     f"{r['bits_per_byte']['spread']:.4f} | " + " | ".join(cells) + f" | {cost_text(r['selection'])} |")
     return "\n".join(lines)

@@ -1,11 +1,15 @@
-"""Figures of a fit written by `languini fit`, readable without a caption.
+"""The harness's figures, each readable without a caption.
 
-Every figure has loss against compute on log-log axes: each group's points, its fitted curve
-(solid over the observed compute, dashed where it extrapolates), its bootstrap band, the
-predictions asked for, and each crossing with its interval. A `chinchilla` fit adds, per
-group, iso-loss contours of L(N, D) with the compute-optimal frontier N_opt(C), D_opt(C).
+- A fit written by `languini fit`: loss against compute on log-log axes, each group's points,
+  its fitted curve (solid over the observed compute, dashed where it extrapolates), its
+  bootstrap band, the predictions asked for, and each crossing with its interval. A
+  `chinchilla` fit adds, per group, iso-loss contours of L(N, D) with the compute-optimal
+  frontier N_opt(C), D_opt(C).
+- A mix comparison (`languini mix compare`): test bits-per-byte overall and per domain, one
+  bar group per mix, the spread over seeds as error bars.
+- A DoReMi weight trajectory: each domain's weight against the proxy's step.
 
-The figure is built on a bare `Figure` (no pyplot, no global backend state) and written
+Figures are built on a bare `Figure` (no pyplot, no global backend state) and written
 atomically, so a failed plot never leaves half a file behind.
 """
 
@@ -24,6 +28,7 @@ from matplotlib.ticker import FuncFormatter
 from languini import scaling
 from languini.errors import UserError
 from languini.io import atomic_write_bytes, read_json
+from languini.mixes import cost_text
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -36,9 +41,14 @@ def plot_fit(fit_path: Path, out: Path) -> None:
     result = read_json(fit_path, "Fit")
     if not (isinstance(result, dict) and result.get("law") in scaling.LAWS and result.get("groups")):
         raise UserError(f"{fit_path} is not a fit written by `languini fit`.")
+    atomic_write_bytes(out, png_bytes(figure(result), fmt))
+
+
+def png_bytes(fig: Figure, fmt: str = "png") -> bytes:
+    """A figure's file content (PNG by default)."""
     buf = io.BytesIO()
-    figure(result).savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
-    atomic_write_bytes(out, buf.getvalue())
+    fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def figure(result: dict[str, Any]) -> Figure:
@@ -180,3 +190,50 @@ def contours(fig: Figure, ax: Axes, result: dict[str, Any], name: str, color: st
     ax.set_ylabel("training tokens D")
     ax.set_title(f"{name}: iso-loss contours of {_law_label('chinchilla', g['params'])}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
+
+
+def mix_comparison(table: dict[str, Any]) -> Figure:
+    """Test bits-per-byte of each mix, overall and per domain: one bar group per mix (best
+    first, as in the table), seed spread as error bars, the selection cost under each name."""
+    rows = table["rows"]
+    columns = ["all"] + sorted({d for r in rows for d in r["by_domain"]})
+    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) * len(columns) * 0.45 + 2), 4.6), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(columns)
+    xs = np.arange(len(rows))
+    for j, col in enumerate(columns):
+        cells = [r["bits_per_byte"] if col == "all" else r["by_domain"].get(col) for r in rows]
+        means = [c["mean"] if c else np.nan for c in cells]
+        spreads = [c["spread"] if c else 0.0 for c in cells]
+        ax.bar(xs + (j - (len(columns) - 1) / 2) * width, means, width, yerr=spreads, capsize=2,
+               color="0.35" if col == "all" else f"C{j - 1}", label="whole test split" if col == "all" else col)
+    ax.set_xticks(xs, [f"{r['mix']}\n{cost_text(r.get('selection')) if r.get('selection') else 'no selection'}" for r in rows], fontsize=8)
+    ax.set_ylabel("test bits per byte (lower is better)")
+    finite = [v for r in rows for v in [r["bits_per_byte"]["mean"], *(c["mean"] for c in r["by_domain"].values())]
+              if np.isfinite(v)]
+    if finite:
+        ax.set_ylim(min(finite) * 0.9, max(finite) * 1.05)
+    seeds = {r["seeds"] for r in rows}
+    spread = f"; error bars: half-range over {max(seeds)} seeds" if max(seeds) > 1 else ""
+    ax.set_title(f"Data mixes at equal compute (class {table.get('compute_class', '?')}){spread}", fontsize=9)
+    ax.legend(fontsize=7, ncols=min(4, len(columns)), loc="upper right")
+    ax.grid(True, axis="y", alpha=0.2)
+    return fig
+
+
+def doremi_trajectory(domains: list[str], weights: np.ndarray, natural: dict[str, float]) -> Figure:
+    """Each domain's DoReMi weight against proxy step (solid), its average, which becomes the
+    mix (dashed), and its natural share (dotted)."""
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    steps = np.arange(1, len(weights) + 1)
+    for i, d in enumerate(domains):
+        color = f"C{i}"
+        ax.plot(steps, weights[:, i], color=color,
+                label=f"{d} (mean {weights[:, i].mean():.3f}, natural {natural[d]:.3f})")
+        ax.axhline(weights[:, i].mean(), color=color, linestyle="--", linewidth=1)
+        ax.axhline(natural[d], color=color, linestyle=":", linewidth=1)
+    ax.set(xlabel="proxy step", ylabel="domain weight α", ylim=(0, 1),
+           title="DoReMi domain weights (dashed: average = the mix; dotted: natural share)")
+    ax.legend(loc="best", fontsize="small")
+    return fig

@@ -154,14 +154,23 @@ def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg
         )
 
 
-def plan(family_name: str, config_name: str, data_dir: str | Path, class_name: str,
+def plan(family_name: str, config_name: str, data_dir: str | Path | None, class_name: str,
          train_overrides: dict[str, Any], certificate: dict[str, Any] | None = None,
-         calibration: dict[str, Any] | None = None, progress: bool = True, mix: Mix | None = None) -> Plan:
-    """Resolve model, data, mix, certificate (measured now unless given) and budget; write nothing."""
+         calibration: dict[str, Any] | None = None, progress: bool = True, mix: Mix | None = None,
+         any_tokenizer: bool = False, warn: Any = print) -> Plan:
+    """Resolve model, data, mix, certificate (measured now unless given) and budget; write nothing.
+
+    A mix that names its data trains on it (`data_dir` may then be None, or the same folder); a
+    mix selected under another tokenizer is refused unless `any_tokenizer`, and a charged
+    selection's cost comes out of the budget."""
     from languini import throughput
 
     family = load_family(family_name)
-    data = PreparedData(mix.data if mix and mix.data else data_dir)
+    data = PreparedData(_data_of(data_dir, mix))
+    if mix is not None:
+        note = mix.check_tokenizer(data, force=any_tokenizer)
+        if note and world().is_main:
+            warn(note)
     cls = get_class(class_name)
     model_cfg, defaults = family.config(config_name, vocab_size=data.vocab_size)
     if certificate is not None and train_overrides.get("batch_size") is None:
@@ -178,12 +187,25 @@ def plan(family_name: str, config_name: str, data_dir: str | Path, class_name: s
         certificate = broadcast(certificate, w)
     else:
         check_certificate(certificate, family, model_cfg, tcfg)
-    budget = budget_from_certificate(cls, certificate, calibration=calibration)
+    budget = budget_from_certificate(cls, certificate, calibration=calibration, charge=mix.charge() if mix else None)
     if mix is not None:
         by_domain = train_domain_tokens(data)
         mix = mix.resolve(by_domain)
         mix.check_supply(by_domain, budget.tokens_trained)
     return Plan(family, config_name, model_cfg, tcfg, data, certificate, budget, mix)
+
+
+def _data_of(data_dir: str | Path | None, mix: Mix | None) -> str | Path:
+    """The folder a run trains on: the mix's, or `data_dir`; two different ones are a mistake."""
+    named = mix.data if mix is not None else None
+    if named is None:
+        if data_dir is None:
+            raise UserError("Give --data, or a --mix whose spec names its data.")
+        return data_dir
+    if data_dir is not None and Path(data_dir).resolve() != Path(named).resolve():
+        raise UserError(f"Mix '{mix.name}' trains on {named}, but --data names {data_dir}; give one of them "
+                        "(or edit the spec's `data`).")
+    return named
 
 
 def _validation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: torch.device) -> float:
@@ -308,7 +330,8 @@ def plan_of_run(run: RunDir) -> Plan:
     data = PreparedData(cfg.data)
     cert = run.read_json(run.throughput, "Throughput certificate")
     stored = run.read_json(run.budget, "Budget")
-    budget = budget_from_certificate(get_class(cfg.compute_class), cert, stored.get("calibration"))
+    budget = budget_from_certificate(get_class(cfg.compute_class), cert, stored.get("calibration"),
+                                     charge=stored.get("charge"))
     mix = parse_mix(run.read_json(run.mix, "Mix"), str(run.mix), "mix") if run.mix.exists() else None
     return Plan(family, cfg.config_name, model_cfg, tcfg, data, cert, budget, mix)
 

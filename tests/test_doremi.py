@@ -16,7 +16,6 @@ from test_selection import clean_text, prepared, setup  # noqa: F401  (setup is 
 from languini.doremi import DomainRows, describe, doremi, excess_losses, update_weights
 from languini.errors import UserError
 from languini.mixes import load_mix
-from languini.selection.mixspec import check_mix_tokenizer
 
 
 def test_the_update_matches_hand_computed_weights():
@@ -80,13 +79,13 @@ def test_the_mix_spec_holds_the_averaged_weights_and_the_trajectory(setup, rewei
 
 def test_a_mix_refuses_data_with_another_tokenizer(setup, reweighted):  # noqa: F811
     mix = load_mix(reweighted["mix"])
-    assert check_mix_tokenizer(mix, setup["data"]) is None
+    assert mix.check_tokenizer(setup["data"]) is None
     rng = random.Random(1)
     other = prepared(setup["tmp"], "spm", [{"text": clean_text(rng), "domain": "clean"} for _ in range(200)],
                      tokenizer="sentencepiece", vocab_size=300)
     with pytest.raises(UserError, match="do not transfer across tokenizers"):
-        check_mix_tokenizer(mix, other)
-    assert "warning" in check_mix_tokenizer(mix, other, force=True)
+        mix.check_tokenizer(other)
+    assert "warning" in mix.check_tokenizer(other, force=True)
 
 
 @pytest.mark.parametrize("kwargs,message", [({"eta": 0}, "eta"), ({"smoothing": 2}, "smoothing")])

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from helpers import WORDS
-from languini.compute import ComputeClass
+from languini.compute import ComputeClass, compute_budget
 from languini.data.loader import PreparedData
 from languini.data.prepare import prepare, split_of
 from languini.errors import UserError
 from languini.mixes import Mix, load_mix
 from languini.selection import d4, perplexity
-from languini.selection.mixspec import budget_class, charged_class, write_mix_spec
+from languini.selection.mixspec import write_mix_spec
 
 MODEL = "n_layer = 1\nd_model = 32\nn_head = 2\nseq_len = 64\nvocab_size = 257\n"
 FRACTIONS = (0.9, 0.05, 0.05)
@@ -37,6 +37,13 @@ def clean_text(rng: random.Random) -> str:
 def noise_text(rng: random.Random) -> str:
     """Characters drawn uniformly from 94 printable ones: no model can do better than ln 94."""
     return "".join(rng.choice(string.printable[:94]) for _ in range(rng.randint(150, 300)))
+
+
+def noisy_corpus(n: int, seed: int) -> list[dict]:
+    """Documents in domain `clean`, every third one in domain `noise` instead."""
+    rng = random.Random(seed)
+    return [{"id": f"{kind}-{i}", "text": noise_text(rng) if kind == "noise" else clean_text(rng), "domain": kind}
+            for i, kind in enumerate("noise" if i % 3 == 2 else "clean" for i in range(n))]
 
 
 def prepared(tmp, name: str, docs: list[dict], tokenizer: str = "bytes", **kw) -> PreparedData:
@@ -55,17 +62,10 @@ def setup(tmp_path_factory):
     (tmp / "model.toml").write_text(MODEL)
     (tmp / "classes").mkdir()
     (tmp / "classes" / "test.toml").write_text('[[class]]\nname = "test-flops"\nflops = 3e10\n')
-    rng = random.Random(0)
-    docs = [{"id": f"{kind}-{i}", "text": noise_text(rng) if kind == "noise" else clean_text(rng), "domain": kind}
-            for i, kind in enumerate("noise" if i % 3 == 2 else "clean" for i in range(360))]
-    data = prepared(tmp, "data", docs)
-    old = os.environ.get("LANGUINI_CLASSES_DIR")
-    os.environ["LANGUINI_CLASSES_DIR"] = str(tmp / "classes")
-    yield {"tmp": tmp, "data": data, "model": str(tmp / "model.toml")}
-    if old is None:
-        del os.environ["LANGUINI_CLASSES_DIR"]
-    else:
-        os.environ["LANGUINI_CLASSES_DIR"] = old
+    data = prepared(tmp, "data", noisy_corpus(360, seed=0))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LANGUINI_CLASSES_DIR", str(tmp / "classes"))
+        yield {"tmp": tmp, "data": data, "model": str(tmp / "model.toml")}
 
 
 @pytest.fixture(scope="module")
@@ -234,23 +234,26 @@ def test_an_existing_output_needs_force(setup, pruned):
         perplexity.select_perplexity(setup["data"].path, pruned["out"], reference_run=pruned["reference_run"], **QUIET)
 
 
-def test_the_selection_cost_can_be_charged_to_a_class(tmp_path, monkeypatch):
+def test_a_charged_selection_comes_out_of_the_budget():
     hours = ComputeClass("h", hours=1.0, reference="local")
     flops = ComputeClass("f", hours=None, reference="flops", flops=1e12)
-    selection = {"selection_hours": 0.25, "selection_reference": "local", "selection_flops": 4e11, "charge": True}
-    assert charged_class(hours, selection).hours == 0.75 and charged_class(hours, selection).name == "h"
-    assert charged_class(flops, selection).flops == 6e11
-    with pytest.raises(UserError, match="cannot be subtracted"):
-        charged_class(ComputeClass("r", hours=1.0, reference="rtx3090"), selection)
-    with pytest.raises(UserError, match="nothing is left"):
-        charged_class(hours, {**selection, "selection_hours": 2.0})
-    with pytest.raises(UserError, match="unknown"):
-        charged_class(hours, {"selection_hours": None})
-    (tmp_path / "c.toml").write_text('[[class]]\nname = "one-hour"\nhours = 1\nreference = "local"\n')
-    monkeypatch.setenv("LANGUINI_CLASSES_DIR", str(tmp_path))
-    assert budget_class("one-hour", Mix("m", "natural", selection=selection)).hours == 0.75
-    assert budget_class("one-hour", Mix("m", "natural", selection={**selection, "charge": False})).hours == 1.0
-    assert budget_class("one-hour", None).hours == 1.0
+    selection = {"method": "perplexity", "selection_hours": 0.25, "selection_reference": "local",
+                 "selection_flops": 4e11, "charge": True}
+    charge = Mix("m", "natural", selection=selection).charge()
+    assert Mix("m", "natural", selection={**selection, "charge": False}).charge() is None
+    full, charged = (compute_budget(hours, 1000.0, 2, 10, "cpu", charge=c) for c in (None, charge))
+    assert (full.tokens, charged.tokens) == (3_600_000, 2_700_000)  # 1000 tokens/s × 0.75 h
+    assert charged.compute_class == "h" and charged.charge["charged"] == 0.25 and full.charge is None
+    assert compute_budget(flops, 1.0, 2, 10, "cpu", params=1000, charge=charge).tokens == 6e11 // 6000
+    for cls, change, message in [
+        (ComputeClass("r", hours=1.0, reference="rtx3090"), {}, "cannot be subtracted"),
+        (hours, {"selection_hours": 2.0}, "nothing is left"),
+        (hours, {"selection_hours": None}, "hours of the perplexity selection behind mix 'm' are unknown"),
+        (flops, {"selection_flops": None}, "FLOPs .* are unknown"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            compute_budget(cls, 1000.0, 2, 10, "rtx 3090", params=1000,
+                           charge=Mix("m", "natural", selection={**selection, **change}).charge())
 
 
 def test_a_written_mix_spec_reads_back_the_same(tmp_path):

@@ -27,12 +27,11 @@ import torch
 from tqdm import tqdm
 
 from languini import device as devices
-from languini.data.dedup import check_out, open_parent
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.mixes import Mix
-from languini.selection.derive import REPORT_FILE, DocTable, counts, document_table, token_shares, write_derived
-from languini.selection.mixspec import check_spec_out, selection_table, write_mix_spec
+from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
+from languini.selection.mixspec import selection_table, write_mix_spec
 from languini.selection.models import SelectionModel, cost, describe_cost, load_selection_model, total_cost, unknown_cost
 
 SENTENCE_TRANSFORMERS = "sentence-transformers:"
@@ -54,13 +53,8 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
     external = str(embedder).startswith(SENTENCE_TRANSFORMERS)
     if external and charge_selection:
         raise UserError("A sentence-transformers embedder's compute is unknown, so it cannot be charged.")
-    parent = open_parent(data_dir)
-    out = Path(out)
-    check_out(parent.path, out, force)
-    mix_out = Path(mix_out) if mix_out else out.with_name(out.name + ".toml")
-    check_spec_out(mix_out, force)
+    parent, out, mix_out, table = open_selection(data_dir, out, mix_out, force, progress)
     dev = devices.resolve(device)
-    table = document_table(parent, progress)
     if clusters > len(table):
         raise UserError(f"{clusters} clusters for {len(table)} train documents: use at most one per document.")
     if external:

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from languini.data.dedup import Corpus, copy_unchanged, write_train
+from languini.data.dedup import Corpus, check_out, copy_unchanged, open_parent, write_train
 from languini.data.loader import PreparedData
 from languini.data.prepare import stamp
 from languini.io import atomic_dir, atomic_write_json
+from languini.selection.mixspec import check_spec_out
 
 REPORT_FILE = "selection.json"
 STAMPS = ("format", "languini_version", "created", "fingerprint")
@@ -58,6 +59,18 @@ def document_table(parent: PreparedData, progress: bool) -> DocTable:
         text = tok.decode(stream.read(lo, hi - lo))
         n_bytes[i], n_chars[i] = len(text.encode("utf-8")), len(text)
     return DocTable(docs.offsets, docs.domains, docs.ids, n_bytes, n_chars)
+
+
+def open_selection(data_dir: str | Path, out: str | Path, mix_out: str | Path | None, force: bool,
+                   progress: bool) -> tuple[PreparedData, Path, Path, DocTable]:
+    """The parent, the checked output folder and mix spec path (default `OUT.toml` beside
+    `out`), and the parent's document table: where every selection starts, before any model runs."""
+    parent = open_parent(data_dir)
+    out = Path(out)
+    check_out(parent.path, out, force)
+    mix_out = Path(mix_out) if mix_out else out.with_name(out.name + ".toml")
+    check_spec_out(mix_out, force)
+    return parent, out, mix_out, document_table(parent, progress)
 
 
 def write_derived(parent: PreparedData, table: DocTable, keep: np.ndarray, out: Path, selection: dict[str, Any],

@@ -1,18 +1,14 @@
-"""Mix specs written by the selection commands, and the two rules that travel with them.
+"""Mix specs written by the selection commands.
 
 A selection ends in a mix spec (the TOML `--mix` and `languini mix compare` read) whose
 `[selection]` table holds the provenance: the method, its settings, the tokenizer it was
-selected with, and its cost (`selection_hours`, `selection_flops`). Two rules follow from it:
-
-- weights chosen with one tokenizer do not transfer to data tokenized with another (DoReMi's
-  issue tracker is full of such attempts): `check_mix_tokenizer` refuses them unless forced;
-- with `charge = true` the selection's cost comes out of the training budget:
-  `budget_class` is the compute class a mix trains under, `charged_class` the arithmetic.
+selected with, and its cost (`selection_hours`, `selection_flops`). The two rules that travel
+with it (no transfer across tokenizers; a charged cost comes out of the budget) are the
+mix's own: `Mix.check_tokenizer`, `Mix.charge`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -20,7 +16,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from languini.compute import FLOPS, ComputeClass, get_class
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.io import atomic_write_text
@@ -73,51 +68,6 @@ def check_spec_out(path: Path, force: bool) -> None:
         raise UserError(f"The mix spec {path} must end in .toml.")
     if path.exists() and not force:
         raise UserError(f"The mix spec {path} already exists; pass --force to replace it or choose another path.")
-
-
-def check_mix_tokenizer(mix: Mix, data: PreparedData, force: bool = False) -> str | None:
-    """Refuse a mix selected under another tokenizer than `data`'s; forced, return the warning.
-
-    Domain weights (and perplexity or embedding scores) are measured in a tokenizer's tokens;
-    on data tokenized otherwise they mean something else.
-    """
-    selected = (mix.selection or {}).get("tokenizer_sha256")
-    have = data.manifest["tokenizer"]["sha256"]
-    if not selected or selected == have:
-        return None
-    message = (f"Mix '{mix.name}' was selected on data tokenized with tokenizer {selected[:12]}, but {data.path} "
-               f"uses {have[:12]}; selection results do not transfer across tokenizers")
-    if not force:
-        raise UserError(f"{message}: select again on this data, or pass --force to use it anyway.")
-    return f"warning: {message}."
-
-
-def charged_class(cls: ComputeClass, selection: dict[str, Any]) -> ComputeClass:
-    """`cls` less the selection's cost: hours for an hours class (on the same reference device),
-    FLOPs for a FLOP class. The name stays: the run still belongs to its class."""
-    if cls.reference == FLOPS:
-        spent, unit = selection.get("selection_flops"), "FLOPs"
-    else:
-        spent, unit = selection.get("selection_hours"), "hours"
-        if spent is not None and selection.get("selection_reference") != cls.reference:
-            raise UserError(f"The selection's cost is in hours on '{selection.get('selection_reference')}', "
-                            f"class '{cls.name}' in hours on '{cls.reference}'; they cannot be subtracted.")
-    if spent is None:
-        raise UserError(f"The selection's cost in {unit} is unknown (e.g. an external embedder), so it cannot be "
-                        f"charged to class '{cls.name}'.")
-    left = (cls.flops if cls.reference == FLOPS else cls.hours) - float(spent)
-    if not left > 0:
-        raise UserError(f"The selection cost {float(spent):.4g} {unit}, all of class '{cls.name}' and more; "
-                        "charged, nothing is left to train.")
-    return dataclasses.replace(cls, flops=left) if cls.reference == FLOPS else dataclasses.replace(cls, hours=left)
-
-
-def budget_class(class_name: str, mix: Mix | None) -> ComputeClass:
-    """The class a run trains under: `class_name`, less the mix's selection cost if it is charged."""
-    cls = get_class(class_name)
-    if mix is not None and (mix.selection or {}).get("charge") is True:
-        return charged_class(cls, mix.selection)
-    return cls
 
 
 def selection_table(method: str, data: PreparedData, cost: dict[str, Any], charge: bool,

@@ -23,13 +23,12 @@ from typing import Any
 import numpy as np
 
 from languini import device as devices
-from languini.data.dedup import check_out, open_parent
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.evaluate import score_model
 from languini.mixes import Mix
-from languini.selection.derive import REPORT_FILE, DocTable, counts, document_table, token_shares, write_derived
-from languini.selection.mixspec import check_spec_out, selection_table, write_mix_spec
+from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
+from languini.selection.mixspec import selection_table, write_mix_spec
 from languini.selection.models import (SelectionModel, cost, describe_cost, load_selection_model, total_cost,
                                       train_model)
 
@@ -51,13 +50,8 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
     written to `out/selection.json`.
     """
     check_settings(criterion, keep, reference_run, train_reference_class)
-    parent = open_parent(data_dir)
-    out = Path(out)
-    check_out(parent.path, out, force)
-    mix_out = Path(mix_out) if mix_out else out.with_name(out.name + ".toml")
-    check_spec_out(mix_out, force)
+    parent, out, mix_out, table = open_selection(data_dir, out, mix_out, force, progress)
     dev = devices.resolve(device)
-    table = document_table(parent, progress)
     scored = np.ones(len(table), dtype=bool)
     if train_reference_class is not None:
         work = out.with_name(out.name + ".runs")
