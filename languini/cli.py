@@ -315,7 +315,7 @@ def data_doremi(data_dir: Path, family: str, config_name: str, class_name: str, 
     domain weights averaged over its steps; the trajectory is written beside it as
     MIX.trajectory.json and MIX.trajectory.png, the runs under MIX.runs/.
     """
-    from languini.doremi import describe, doremi
+    from languini.selection.doremi import describe, doremi
 
     report = doremi(data_dir, out, family=family, config=config_name, class_name=class_name, eta=eta,
                     smoothing=smoothing, seed=seed, max_epochs=max_epochs, charge_selection=charge_selection,
@@ -521,15 +521,19 @@ def _read_certificate(path: Path) -> dict[str, Any]:
               help="A certificate written by `languini throughput --out`.")
 @click.option("--batch-size", type=int, default=None, help="Default: the certificate's.")
 @click.option("--seq-len", type=int, default=None, help="Default: the certificate's.")
+@click.option("--mix", "mix_path", type=click.Path(path_type=Path), default=None,
+              help="A mix spec whose data selection is charged to the budget (charge = true).")
 @calibration_options
 @json_option
-def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len: int | None,
+def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len: int | None, mix_path: Path | None,
                calibration_path: Path | None, device_factor: float | None, as_json: bool) -> None:
     """Turn a compute class and a certificate into tokens, steps and reference-hours."""
     from languini.compute import budget_from_certificate, get_class
+    from languini.mixes import load_mix
 
+    charge = load_mix(mix_path).charge() if mix_path else None
     b = budget_from_certificate(get_class(class_name), _read_certificate(cert_path),
-                                _calibration(calibration_path, device_factor), batch_size, seq_len)
+                                _calibration(calibration_path, device_factor), batch_size, seq_len, charge)
     emit(as_json, b.to_dict(), _budget_line(b))
 
 

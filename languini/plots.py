@@ -138,8 +138,9 @@ def loss_vs_compute(ax: Axes, result: dict[str, Any]) -> None:
         ax.annotate(f"{a} = {b}\nat {x['compute']:.3g}{_interval_text(x['interval'])}", (x["compute"], 0.97),
                     xycoords=("data", "axes fraction"), ha="center", va="top", fontsize=8,
                     bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
-    if notes:
-        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom", wrap=True)
+    if notes:  # bottom left, under the curves' start; the legend sits top right, above their tails
+        ax.text(0.02, 0.02, "\n".join(notes), transform=ax.transAxes, fontsize=7, va="bottom", wrap=True,
+                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "linewidth": 0})
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -153,7 +154,7 @@ def loss_vs_compute(ax: Axes, result: dict[str, Any]) -> None:
     ax.set_title(f"{result['formula']}, Huber fit{bands}\n{curve}"
                  "solid: observed compute, dashed: extrapolated; diamonds: predictions", fontsize=9)
     ax.grid(True, which="both", alpha=0.2)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper right")
 
 
 def contours(fig: Figure, ax: Axes, result: dict[str, Any], name: str, color: str) -> None:
@@ -201,11 +202,12 @@ def mix_comparison(table: dict[str, Any]) -> Figure:
     ax = fig.subplots()
     width = 0.8 / len(columns)
     xs = np.arange(len(rows))
+    several = max(r["seeds"] for r in rows) > 1
     for j, col in enumerate(columns):
         cells = [r["bits_per_byte"] if col == "all" else r["by_domain"].get(col) for r in rows]
         means = [c["mean"] if c else np.nan for c in cells]
         spreads = [c["spread"] if c else 0.0 for c in cells]
-        ax.bar(xs + (j - (len(columns) - 1) / 2) * width, means, width, yerr=spreads, capsize=2,
+        ax.bar(xs + (j - (len(columns) - 1) / 2) * width, means, width, yerr=spreads if several else None, capsize=2,
                color="0.35" if col == "all" else f"C{j - 1}", label="whole test split" if col == "all" else col)
     ax.set_xticks(xs, [f"{r['mix']}\n{cost_text(r.get('selection')) if r.get('selection') else 'no selection'}" for r in rows], fontsize=8)
     ax.set_ylabel("test bits per byte (lower is better)")
@@ -213,8 +215,7 @@ def mix_comparison(table: dict[str, Any]) -> Figure:
               if np.isfinite(v)]
     if finite:
         ax.set_ylim(min(finite) * 0.9, max(finite) * 1.05)
-    seeds = {r["seeds"] for r in rows}
-    spread = f"; error bars: half-range over {max(seeds)} seeds" if max(seeds) > 1 else ""
+    spread = f"; error bars: half-range over {max(r['seeds'] for r in rows)} seeds" if several else "; one seed"
     ax.set_title(f"Data mixes at equal compute (class {table.get('compute_class', '?')}){spread}", fontsize=9)
     ax.legend(fontsize=7, ncols=min(4, len(columns)), loc="upper right")
     ax.grid(True, axis="y", alpha=0.2)

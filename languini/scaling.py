@@ -186,13 +186,20 @@ def _run_point(folder: Path, group_by: str, metric: str) -> Point:
     r = read_json(result_path, "Run result")
     try:
         group = f"{r['family']}/{r['config']}" if group_by == "config" else r[group_by]
-        return Point(group=str(group), loss=float(METRICS[metric][1](r["test"])), compute=float(r["reference_hours"]),
+        return Point(group=str(group), loss=float(METRICS[metric][1](r["test"])), compute=_run_compute(r),
                      params=float(r["params"]), tokens=float(r["tokens_trained"]), level=r.get("compute_class"),
                      reference=r.get("reference"), source=str(folder))
     except (KeyError, TypeError) as e:
         raise UserError(f"{result_path} lacks the field {e}; it is not a finished run's result.") from None
     except ValueError as e:
         raise UserError(f"{result_path} holds a value a fit cannot use ({e}).") from None
+
+
+def _run_compute(r: dict[str, Any]) -> float:
+    """A run's reference-hours: those it trained, plus a data selection's charged to its budget
+    (a charged run spent its whole class; an uncharged one only what it trained)."""
+    charge = r.get("budget_charge") or {}
+    return float(r["reference_hours"]) + (float(charge["charged"]) if "charged" in charge else 0.0)
 
 
 def _table_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:

@@ -451,6 +451,7 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> 
         "steps": budget.steps,
         "tokens_trained": budget.tokens_trained,
         "reference_hours": budget.reference_hours,
+        "budget_charge": budget.charge,
         "wall_seconds": counters.elapsed,
         "train_tokens_per_second": budget.tokens_trained / counters.elapsed,
         "data_wait_fraction": counters.wait / counters.elapsed,

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_selection import clean_text, prepared, setup  # noqa: F401  (setup is a fixture)
 
-from languini.doremi import DomainRows, describe, doremi, excess_losses, update_weights
+from languini.selection.doremi import DomainRows, describe, doremi, excess_losses, update_weights
 from languini.errors import UserError
 from languini.mixes import load_mix
 

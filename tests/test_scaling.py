@@ -172,6 +172,14 @@ def test_csv_jsonl_and_run_directories_give_the_same_points(tmp_path):
     assert by_config.group == "gpt/nano" and by_config.loss == pytest.approx(3.0)
 
 
+def test_a_run_that_paid_for_its_data_selection_counts_that_compute(tmp_path):
+    run = write_run(tmp_path / "charged", compute=0.75)
+    result = json.loads((run / "result.json").read_text())
+    result["budget_charge"] = {"hours": 0.25, "reference": "local", "charged": 0.25}
+    (run / "result.json").write_text(json.dumps(result))
+    assert scaling.read_inputs([run]).points[0].compute == 1.0
+
+
 def test_fit_command_writes_the_documented_shape(tmp_path):
     compute = np.geomspace(0.01, 1, 6)
     rows = [(g, c, E + A * c ** -a) for g, E, A, a in (("gpt", 1.0, 2.0, 0.3), ("qlstm", 1.0, 3.0, 0.5))

@@ -68,6 +68,9 @@ def test_a_charged_mix_competes_at_equal_compute(world, pruned):
     assert rows["ppl"]["tokens"] < rows["natural"]["tokens"] == json.loads(
         (out / "natural-seed0" / "budget.json").read_text())["tokens_trained"]
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    shown = json.loads(invoke("budget", "--class", "sel-train", "--throughput", out / "throughput.json",
+                              "--mix", world["tmp"] / "ppl.toml", "--json"))
+    assert shown == budget  # `languini budget --mix` shows the charged budget the run trained
     printed = invoke("mix", "compare", world["tmp"] / "natural.toml", world["tmp"] / "ppl.toml", "--family", "gpt",
                      "--config", world["model"], "--class", "sel-train", "--data", world["data"], "--out", out, QUIET)
     assert "perplexity: " in printed and "(charged)" in printed  # finished runs reused, table printed

@@ -16,7 +16,7 @@ Known failure modes, guarded against: weights collapse onto one domain when batc
 domains (a missing domain's excess loss is stale while the others move), so every batch here
 holds every domain (row j of a batch reads domain j mod k, a continuous stream of its
 documents); and weights do not transfer across tokenizers, so the spec records the
-tokenizer's sha256 (`languini.selection.mixspec.check_mix_tokenizer` refuses another).
+tokenizer's sha256 (`Mix.check_tokenizer` refuses another).
 The proxy trains each global batch in one piece (no gradient accumulation): the weight update
 needs the whole batch's losses before the step.
 """
