@@ -6,7 +6,8 @@ On a GPU, for each Languini size (channels = d_model) and batch, at sequence len
   training under autocast;
 - the kernels' achieved memory bandwidth: the bytes a forward + backward must move
   (`kernels.min_bytes`: pre read twice, h, dh, d_pre) over the time, against the device's
-  datasheet peak (PEAK_GBPS below; a device not in the table gets no fraction);
+  datasheet peak (`memory_bandwidth` in compute_classes/devices.toml; a device not there gets
+  no fraction);
 - training tokens/s of qLSTM and GPT, one step = forward, cross-entropy, backward, AdamW step
   under bf16 autocast, same batch for both.
 Targets: bandwidth >= 70% of peak, >= 10x the loop, >= 3x the compiled block-parallel scan,
@@ -34,41 +35,25 @@ from common import write_result
 
 from baselines.qlstm import reference, scan
 from languini import device as devices
+from languini.compute import find_device
 from languini.family import load_family
 
-# Datasheet memory bandwidth in GB/s, matched as a substring of the CUDA device name
-# (longest key first, so "A100-SXM4-80GB" wins over "A100").
-PEAK_GBPS = {
-    "H200": 4800,
-    "H100 NVL": 3900,
-    "H100 PCIe": 2000,
-    "H100": 3350,  # SXM (reported as "NVIDIA H100 80GB HBM3")
-    "A100-SXM4-80GB": 2039,
-    "A100 80GB PCIe": 1935,
-    "A100": 1555,  # 40 GB
-    "RTX 4090": 1008,
-    "RTX 3090": 936,
-    "L40S": 864,
-    "V100": 900,
-    "A10": 600,
-}
 TARGETS = {"bandwidth_fraction": 0.70, "speedup_vs_loop": 10.0, "speedup_vs_block_compiled": 3.0,
            "train_ratio_small": 0.8}
 GPU_SIZES, CPU_SIZES = "mini,tiny,small,medium,large", "nano,micro"
 
 
 def peak_gbps(name: str) -> float | None:
-    for key in sorted(PEAK_GBPS, key=len, reverse=True):
-        if key in name:
-            return float(PEAK_GBPS[key])
-    return None
+    """The device's datasheet memory bandwidth from compute_classes/devices.toml, in GB/s."""
+    found = find_device(name)
+    return float(found[1]["memory_bandwidth"]) / 1e9 if found and "memory_bandwidth" in found[1] else None
 
 
 def peak_note(dev: torch.device, peak: float | None) -> str:
     if dev.type != "cuda":
         return "CPU run: block-parallel scan vs loop, no kernel or bandwidth figures"
     if peak is None:
-        return "device not in the peak table: no bandwidth fraction"
+        return "device not in devices.toml: no bandwidth fraction"
     return "datasheet DRAM bandwidth; achieved = bytes that must move / kernel time"
 
 

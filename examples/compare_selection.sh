@@ -11,7 +11,7 @@
 # Selections whose mix spec exists and finished comparison runs are reused, so an interrupted
 # example resumes. Each selection's cost (selection_hours, in reference-hours through its own
 # certificate) is in its mix spec's [selection] table; it is not charged to the training budget
-# here (add --charge-selection to a select command to take it out). About 25 minutes on a
+# here (add --charge-selection to a select command to take it out). About 12 minutes on a
 # 2-core CPU. Writes runs/selection/: the derived datasets, the mix specs, the DoReMi weight
 # trajectory (doremi.trajectory.png), and compare/compare.json with the table (table.md);
 # then copies the table and the two figures into examples/compare_selection/.

@@ -8,7 +8,7 @@
 #
 # Runs that already hold a result.json are reused, so an interrupted demo resumes. Each family's
 # throughput is measured once and its certificate reused for every class, so all of a family's
-# budgets share one rate. About 30 minutes on a 2-core CPU (training runs slower than the
+# budgets share one rate. About 20 minutes on a 2-core CPU (training runs slower than the
 # certified rate when the machine is busy, since a budget is a number of tokens).
 # Writes runs/scaling/, then examples/scaling_demo/{fit.json,table.md,figure.png}.
 set -euo pipefail

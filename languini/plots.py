@@ -132,6 +132,10 @@ def loss_vs_compute(ax: Axes, result: dict[str, Any]) -> None:
         if x["compute"] is None:
             notes.append(x["statement"])
             continue
+        for earlier in x.get("all_crossings", [])[:-1]:  # the fitted curves meet here too, the order changes again later
+            ax.axvline(earlier, color="0.5", linestyle=":", linewidth=0.8)
+            ax.annotate(f"{a} = {b}\nalso at {earlier:.3g}", (earlier, 0.03), xycoords=("data", "axes fraction"),
+                        ha="left", va="bottom", fontsize=7, color="0.4")
         ax.axvline(x["compute"], color="black", linestyle=":", linewidth=1)
         if x["interval"]:
             ax.axvspan(*x["interval"], color="black", alpha=0.08, linewidth=0)

@@ -567,58 +567,91 @@ def _compute_of(law: Law, p: Point) -> float:
     return p.compute if law.name == "power" else 6 * p.params * p.tokens
 
 
-def crossings(diff: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """The smallest compute at which each row of `diff` (curve 1 − curve 2 on `grid`) changes sign.
-
-    Linear interpolation in log compute between the bracketing grid points; NaN where none.
-    """
+def _sign_changes(diff: np.ndarray) -> np.ndarray:
+    """Where each row of `diff` changes sign between grid point i and i + 1 (a boolean per gap)."""
     sign = np.sign(diff)
-    change = (sign[:, :-1] * sign[:, 1:] < 0) | (sign[:, :-1] == 0) & (sign[:, 1:] != 0)
-    first = np.where(change.any(axis=1), change.argmax(axis=1), -1)
-    out = np.full(len(diff), np.nan)
-    rows = np.flatnonzero(first >= 0)
-    i = first[rows]
+    return (sign[:, :-1] * sign[:, 1:] < 0) | (sign[:, :-1] == 0) & (sign[:, 1:] != 0)
+
+
+def _at_gap(diff: np.ndarray, grid: np.ndarray, rows: np.ndarray, i: np.ndarray) -> np.ndarray:
+    """The zero of `diff[rows]` in gap i, interpolated linearly in log compute."""
     d0, d1 = diff[rows, i], diff[rows, i + 1]
     lg = np.log(grid)
     t = np.where(d0 == d1, 0.0, d0 / (d0 - d1))
-    out[rows] = np.exp(lg[i] + t * (lg[i + 1] - lg[i]))
+    return np.exp(lg[i] + t * (lg[i + 1] - lg[i]))
+
+
+def crossings(diff: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The compute at which each row of `diff` (curve 1 − curve 2 on `grid`) changes sign for the
+    last time: from there to the end of the grid one curve stays below the other, so it is where
+    the order that extrapolation predicts is settled. NaN where the sign never changes.
+    """
+    change = _sign_changes(diff)
+    last = np.where(change.any(axis=1), change.shape[1] - 1 - change[:, ::-1].argmax(axis=1), -1)
+    out = np.full(len(diff), np.nan)
+    rows = np.flatnonzero(last >= 0)
+    out[rows] = _at_gap(diff, grid, rows, last[rows])
     return out
 
 
+def every_crossing(diff: np.ndarray, grid: np.ndarray) -> list[float]:
+    """All the computes at which one row of differences changes sign, in order."""
+    gaps = np.flatnonzero(_sign_changes(diff[None])[0])
+    return [float(c) for c in _at_gap(diff[None], grid, np.zeros(len(gaps), dtype=int), gaps)]
+
+
 def intersect(law: Law, a: GroupFit, b: GroupFit, searched: tuple[float, float], unit: str) -> dict[str, Any]:
-    """Where a's and b's loss-vs-compute curves first cross in `searched`, with its bootstrap spread."""
+    """Where a's and b's loss-vs-compute curves cross for the last time in `searched` (the
+    crossing after which the group ahead at its top stays ahead), with its bootstrap spread.
+
+    The spread is over the resamples that cross into the same order (the same group ahead at
+    the top of the range); `fraction_crossing` is their share. Earlier crossings of the fitted
+    curves are listed in `all_crossings` and named in the statement.
+    """
     grid = np.geomspace(*searched, CROSSING_GRID)
     with np.errstate(all="ignore"):
-        point = crossings((loss_at_compute(law, a.params, grid) - loss_at_compute(law, b.params, grid))[None], grid)[0]
-        draws = None
+        diff = loss_at_compute(law, a.params, grid) - loss_at_compute(law, b.params, grid)
+        point = crossings(diff[None], grid)[0]
+        draws, ends = None, None
         if a.samples is not None and b.samples is not None:
             m = min(len(a.samples["E"]), len(b.samples["E"]))
             sa = {k: v[:m] for k, v in a.samples.items()}
             sb = {k: v[:m] for k, v in b.samples.items()}
-            draws = crossings(loss_at_compute(law, _column(sa), grid) - loss_at_compute(law, _column(sb), grid), grid)
-    crossed = draws[np.isfinite(draws)] if draws is not None and len(draws) else None
-    fraction = float(len(crossed) / len(draws)) if crossed is not None else None
-    entry: dict[str, Any] = {"groups": [a.name, b.name], "searched": list(searched), "point_estimate": None,
-                             "compute": None, "interval": None, "fraction_crossing": fraction}
+            diffs = loss_at_compute(law, _column(sa), grid) - loss_at_compute(law, _column(sb), grid)
+            draws, ends = crossings(diffs, grid), np.sign(diffs[:, -1])
     range_text = f"between {searched[0]:.3g} and {searched[1]:.3g} {unit}"
-    share = f"{fraction:.0%} of {len(draws)} resamples" if fraction is not None else ""
+    entry: dict[str, Any] = {"groups": [a.name, b.name], "searched": list(searched), "point_estimate": None,
+                             "compute": None, "interval": None, "fraction_crossing": None, "all_crossings": []}
     if not math.isfinite(point):
-        entry["statement"] = (f"{a.name} and {b.name} do not cross {range_text}"
-                              + (f"; {share} do." if share else "."))
+        share = ""
+        if draws is not None and len(draws):
+            entry["fraction_crossing"] = float(np.isfinite(draws).mean())
+            share = f"; {entry['fraction_crossing']:.0%} of {len(draws)} resamples do"
+        entry["statement"] = f"{a.name} and {b.name} do not cross {range_text}{share}."
         return entry
-    entry["point_estimate"] = float(point)
-    entry["loss"] = float(loss_at_compute(law, a.params, point))
+    every = every_crossing(diff, grid)
+    ahead = a.name if diff[-1] < 0 else b.name
+    entry.update(point_estimate=float(point), loss=float(loss_at_compute(law, a.params, point)), all_crossings=every,
+                 ahead=ahead)
+    earlier = ("; the fitted curves also cross earlier, at " + ", ".join(f"{c:.3g}" for c in every[:-1])
+               if len(every) > 1 else "")
+    crossed = None
+    if draws is not None and len(draws):
+        crossed = draws[np.isfinite(draws) & (ends == np.sign(diff[-1]))]
+        entry["fraction_crossing"] = float(len(crossed) / len(draws))
+        share = f"{entry['fraction_crossing']:.0%} of {len(draws)} resamples"
     if crossed is not None and len(crossed):
         entry["compute"] = float(np.median(crossed))
         entry["interval"] = _interval(crossed)
         lo, hi = entry["interval"]
-        entry["statement"] = (f"{a.name} and {b.name} cross at {entry['compute']:.3g} {unit} "
-                              f"(median of the {share} that cross {range_text}; "
-                              f"{CONFIDENCE:.0%} interval {lo:.3g}–{hi:.3g}).")
+        entry["statement"] = (f"{a.name} and {b.name} cross at {entry['compute']:.3g} {unit}, {ahead} ahead beyond "
+                              f"(median over the {share} in which {ahead} ends ahead after a crossing {range_text}; "
+                              f"{CONFIDENCE:.0%} interval {lo:.3g}–{hi:.3g}){earlier}.")
     else:
         entry["compute"] = float(point)
-        entry["statement"] = f"{a.name} and {b.name} cross at {point:.3g} {unit} (no bootstrap, no interval)" + (
-            f"; {share} cross {range_text}." if share else ".")
+        why = f"{share} agree" if crossed is not None else "no bootstrap"
+        entry["statement"] = (f"{a.name} and {b.name} cross at {point:.3g} {unit}, {ahead} ahead beyond ({why}, no "
+                              f"interval){earlier}.")
     return entry
 
 

@@ -117,11 +117,24 @@ def test_parallel_curves_are_reported_as_not_crossing():
     assert "do not cross between" in x["statement"]
 
 
-def test_crossings_interpolates_the_first_sign_change():
+def test_crossings_interpolates_the_last_sign_change_and_lists_every_one():
     grid = np.geomspace(1, 100, 101)
-    diff = np.stack([np.log(grid) - np.log(10), np.ones_like(grid)])
+    twice = (np.log(grid) - np.log(2)) * (np.log(grid) - np.log(20))  # crosses at 2 and at 20
+    diff = np.stack([np.log(grid) - np.log(10), np.ones_like(grid), twice])
     found = scaling.crossings(diff, grid)
     assert found[0] == pytest.approx(10, rel=1e-9) and np.isnan(found[1])
+    assert found[2] == pytest.approx(20, rel=1e-2)
+    assert scaling.every_crossing(twice, grid) == pytest.approx([2, 20], rel=1e-2)
+
+
+def test_two_crossings_report_the_one_that_settles_the_order():
+    compute = np.geomspace(0.01, 1, 8)
+    # b starts worse, dips below a, and a's steeper tail overtakes it again past the data
+    a = synthetic("a", E=1.0, A=2.0, alpha=0.5, compute=compute, noise=0.0005, seed=1)
+    b = synthetic("b", E=1.6, A=0.25, alpha=1.2, compute=compute, noise=0.0005, seed=2)
+    (x,) = fit_points(a + b, bootstrap=100, crossing_range=(0.01, 100.0))["intersections"]
+    assert len(x["all_crossings"]) == 2 and x["point_estimate"] == x["all_crossings"][-1]
+    assert "a ahead beyond" in x["statement"] and "also cross earlier" in x["statement"]
 
 
 def test_compute_optimal_allocation_minimises_loss_on_the_iso_flop_line():
