@@ -1,9 +1,27 @@
+import click
 import pytest
 from click.testing import CliRunner
 
 from languini.cli import main
 
-COMMANDS = [["data", "prepare"], ["classes"], ["throughput"], ["budget"], ["train"], ["eval"]]
+
+def leaves(group: click.Group, path: tuple[str, ...] = ()) -> list[list[str]]:
+    """Every command below `group`, as the words that call it."""
+    out = []
+    for name, cmd in group.commands.items():
+        out += leaves(cmd, (*path, name)) if isinstance(cmd, click.Group) else [[*path, name]]
+    return out
+
+
+PASSTHROUGH = [["lm-eval"]]  # lm-eval's own command line: its --help is lm-eval's
+COMMANDS = [c for c in leaves(main) if c not in PASSTHROUGH]
+
+
+def test_the_command_tree_is_what_the_readme_teaches():
+    assert {" ".join(c) for c in COMMANDS} >= {
+        "data prepare", "data dedup", "data make-tasks", "data select perplexity", "data select d4", "data doremi",
+        "mix compare", "classes", "throughput", "calibrate", "budget", "train", "resume", "eval", "submit",
+        "leaderboard", "fit", "plot"}
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c))
