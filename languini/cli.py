@@ -129,7 +129,8 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
 
 @data.command("dedup")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="The new prepared-data folder.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The new prepared-data folder (default: DATA_DIR-dedup-SCOPE beside DATA_DIR).")
 @click.option("--scope", type=click.Choice(["global", "local"]), default="global", show_default=True,
               help="global: across all domains; local: within each domain (SlimPajama's distinction).")
 @click.option("--threshold", default=0.8, show_default=True, help="Jaccard similarity of word n-gram sets.")
@@ -146,7 +147,7 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
 @click.option("--force", is_flag=True, help="Replace an existing --out dataset.")
 @progress_option
 @json_option
-def data_dedup(data_dir: Path, out: Path, scope: str, threshold: float, ngram: int, num_perm: int,
+def data_dedup(data_dir: Path, out: Path | None, scope: str, threshold: float, ngram: int, num_perm: int,
                decontaminate: bool, verify: bool, workers: int | None, seed: int, executor_kind: str, force: bool,
                progress: bool, as_json: bool) -> None:
     """Remove exact and near-duplicate train documents into a new prepared-data folder.
@@ -157,6 +158,7 @@ def data_dedup(data_dir: Path, out: Path, scope: str, threshold: float, ngram: i
     """
     from languini.data.dedup import dedup, describe
 
+    out = out or data_dir.resolve().with_name(f"{data_dir.resolve().name}-dedup-{scope}")
     report = dedup(data_dir, out, scope=scope, threshold=threshold, ngram=ngram, num_perm=num_perm,
                    decontaminate=decontaminate, verify=verify, workers=workers, progress=progress, force=force,
                    seed=seed, executor_kind=executor_kind)
@@ -259,7 +261,7 @@ def data_select_perplexity(data_dir: Path, reference_run: Path | None, train_ref
 @click.argument("data_dir", type=click.Path(path_type=Path))
 @click.option("--embedder", required=True, metavar="RUN_DIR|sentence-transformers:NAME",
               help="A finished run (mean of its last hidden states) or a locally installed sentence-transformers "
-                   "model.")
+                   "model (a name in the local Hugging Face cache, or a model folder).")
 @click.option("--clusters", default=16, show_default=True, help="K of the spherical k-means.")
 @click.option("--dedup-eps", default=0.01, show_default=True,
               help="SemDeDup drops a document whose cosine to a kept one exceeds 1 - eps.")
@@ -626,6 +628,8 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
 
 
 def _summary(r: dict[str, Any], run: Path) -> str:
+    from languini.mixes import cost_text, selection_cost
+
     t = r["test"]
     tb = run / "tb"
     return "\n".join([
@@ -635,6 +639,7 @@ def _summary(r: dict[str, Any], run: Path) -> str:
         f"({r['budget_mode']}, device factor {r['device_factor']:g})",
         f"  test bits-per-byte  {t['bits_per_byte']:.4f}   (unigram baseline {r['unigram_bits_per_byte']:.4f})",
         f"  test perplexity     {t['token_perplexity']:.2f} per token, {t['char_perplexity']:.3f} per character",
+        *([f"  data selection      {cost_text(selection)}"] if (selection := selection_cost(r)) else []),
         f"  run directory       {run}",
         f"  TensorBoard logs    {tb}",
         f"  look at them with   tensorboard --logdir {tb}",

@@ -22,6 +22,7 @@ from languini.config import load_run_config
 from languini.errors import UserError
 from languini.family import config_hash, load_family, make_dataclass_strict
 from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json
+from languini.mixes import cost_text, selection_cost
 
 FILES = ("config.toml", "throughput.json", "budget.json", "metrics.jsonl", "result.json")
 BUNDLE_SCHEMA = 1
@@ -199,7 +200,8 @@ def row(e: Entry) -> dict[str, Any]:
     return {"path": str(e.path), "family": r.get("family"), "config": r.get("config"), "params": r.get("params"),
             "compute_class": r.get("compute_class"), "tokens_trained": r.get("tokens_trained"),
             "reference_hours": r.get("reference_hours"), "bits_per_byte": test.get("bits_per_byte"),
-            "char_perplexity": test.get("char_perplexity"), "device": r.get("device")}
+            "char_perplexity": test.get("char_perplexity"), "device": r.get("device"),
+            "mix": r.get("mix"), "selection": selection_cost(r)}
 
 
 def leaderboard(paths: list[str | Path]) -> dict[str, Any]:
@@ -220,12 +222,12 @@ def leaderboard(paths: list[str | Path]) -> dict[str, Any]:
 def markdown(board: dict[str, Any]) -> str:
     out = []
     for name, rows in board["classes"].items():
-        out += [f"### {name}", "", "| # | model | params | tokens | reference-hours | test bits/byte | char ppl | device |",
-                "|---|---|---:|---:|---:|---:|---:|---|"]
+        out += [f"### {name}", "", "| # | model | params | tokens | reference-hours | test bits/byte | char ppl | device "
+                "| data selection |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
         for i, r in enumerate(rows, 1):
             out.append(f"| {i} | {r['family']}/{r['config']} | {r['params']:,} | {r['tokens_trained']:,} | "
                        f"{r['reference_hours'] or 0:.4g} | {r['bits_per_byte']:.4f} | {r['char_perplexity']:.3f} | "
-                       f"{r['device']} |")
+                       f"{r['device']} | {cost_text(r['selection'])} |")
         out.append("")
     if board["invalid"]:
         out += ["### Invalid entries", ""]

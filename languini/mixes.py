@@ -3,14 +3,18 @@
 A mix spec is a small TOML file:
 
     name = "code-heavy"
-    data = "data/stdlib-dedup"   # optional: a prepared folder (e.g. a dedup output) to train on
+    data = "data/stdlib"         # optional: the prepared folder to train on (else --data)
     max_epochs = 4               # no domain may be read more than this many times
     [weights]                    # or: weights = "natural" (proportional to domain size)
     code = 3
     prose = 1
+    [dedup]                      # optional: deduplicate the train split first
+    scope = "global"             # and threshold, ngram, num_perm, decontaminate, seed
+    threshold = 0.8              # as in `languini data dedup`
 
 Weights are token shares: non-negative, naming known domains, not all zero; they are
-normalised and the normalised values are what the run records.
+normalised (against the deduplicated data's domains, if deduplicated) and the normalised
+values are what the run records.
 
 A mix made by a selection command (`languini.selection`) also carries a `[selection]` table:
 its provenance, the tokenizer it was selected under and its cost. Two rules travel with it:
@@ -24,14 +28,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from languini.errors import UserError
 from languini.io import read_toml
 
-KEYS = {"name", "data", "max_epochs", "weights", "selection"}
+KEYS = {"name", "data", "max_epochs", "weights", "dedup", "selection"}
+DEDUP_TYPES = {"scope": str, "threshold": float, "ngram": int, "num_perm": int, "decontaminate": bool,
+               "seed": int}  # the settings of `data.dedup.dedup` a mix may give
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,7 @@ class Mix:
     max_epochs: float = 4.0
     data: str | None = None
     selection: dict[str, Any] | None = None  # recorded provenance of model-based selection
+    dedup: dict[str, Any] | None = None  # settings of `data.dedup.dedup` applied to the data first
 
     def resolve(self, domain_tokens: dict[str, int]) -> "Mix":
         """Check the weights against the data's domains and normalise them (natural: by size)."""
@@ -56,7 +63,7 @@ class Mix:
         if not total > 0:
             raise UserError(f"Mix '{self.name}' gives every domain weight zero.")
         weights = {d: raw.get(d, 0.0) / total for d in domain_tokens}
-        return Mix(self.name, weights, self.max_epochs, self.data, self.selection)
+        return replace(self, weights=weights)
 
     def check_supply(self, domain_tokens: dict[str, int], budget_tokens: int) -> None:
         """Refuse a run that would repeat a domain more than max_epochs times."""
@@ -122,14 +129,35 @@ def parse_mix(table: dict[str, Any], where: str, default_name: str) -> Mix:
     if not isinstance(max_epochs, (int, float)) or not max_epochs > 0:
         raise UserError(f"{where}: 'max_epochs' must be a positive number.")
     return Mix(name=str(table.get("name", default_name)), weights=_weights(table["weights"], where),
-               max_epochs=float(max_epochs), data=table.get("data"), selection=table.get("selection"))
+               max_epochs=float(max_epochs), data=table.get("data"), selection=table.get("selection"),
+               dedup=_dedup(table["dedup"], where) if "dedup" in table else None)
+
+
+def _dedup(value: Any, where: str) -> dict[str, Any]:
+    """The [dedup] table: known settings of the right type (their ranges `dedup` checks)."""
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: 'dedup' must be a table of `languini data dedup` settings, e.g. scope = \"global\".")
+    for key, v in value.items():
+        kind = DEDUP_TYPES.get(key)
+        if kind is None:
+            raise UserError(f"{where}: unknown dedup setting '{key}' (allowed: {', '.join(DEDUP_TYPES)}).")
+        if not _of_type(v, kind):
+            raise UserError(f"{where}: dedup setting '{key}' must be a {kind.__name__}, got {v!r}.")
+    return dict(value)
+
+
+def _of_type(value: Any, kind: type) -> bool:
+    """TOML's types: a bool is not a number here, an int is a float."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def load_mix(path: str | Path) -> Mix:
     path = Path(path)
     mix = parse_mix(read_toml(path, "Mix spec"), str(path), path.stem)
     if mix.data is not None and not Path(mix.data).is_absolute():
-        mix = Mix(mix.name, mix.weights, mix.max_epochs, str((path.parent / mix.data).resolve()), mix.selection)
+        mix = replace(mix, data=str((path.parent / mix.data).resolve()))
     return mix
 
 
@@ -193,14 +221,13 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
         for seed in range(seeds):
             run = out_dir / f"{mix.name}-seed{seed}"
             result_path = run / "result.json"
+            p = trainer.plan(family, config, datas[mix.name].path, class_name, {"seed": seed}, cert,
+                             progress=progress, mix=mix, any_tokenizer=any_tokenizer, warn=warn)
             if result_path.exists():
                 result = read_json(result_path, "Run result")
-                if (result.get("mix_details") or {}).get("digest") != mix.resolve(
-                        train_domain_tokens(datas[mix.name])).digest():
+                if (result.get("mix_details") or {}).get("digest") != p.mix.digest():
                     raise UserError(f"{run} holds a run of a different mix '{result.get('mix')}'; move it away.")
             else:
-                p = trainer.plan(family, config, datas[mix.name].path, class_name, {"seed": seed}, cert,
-                                 progress=progress, mix=mix, any_tokenizer=any_tokenizer, warn=warn)
                 result = trainer.train(p, run, force=True, progress=progress)
             runs.setdefault(mix.name, []).append(result)
     table = comparison_table(runs, class_name)

@@ -158,15 +158,19 @@ def plan(family_name: str, config_name: str, data_dir: str | Path | None, class_
          train_overrides: dict[str, Any], certificate: dict[str, Any] | None = None,
          calibration: dict[str, Any] | None = None, progress: bool = True, mix: Mix | None = None,
          any_tokenizer: bool = False, warn: Any = print) -> Plan:
-    """Resolve model, data, mix, certificate (measured now unless given) and budget; write nothing.
+    """Resolve model, data, mix, certificate (measured now unless given) and budget; write nothing
+    to the run.
 
     A mix that names its data trains on it (`data_dir` may then be None, or the same folder); a
-    mix selected under another tokenizer is refused unless `any_tokenizer`, and a charged
-    selection's cost comes out of the budget."""
+    mix with a [dedup] table trains on that data deduplicated (made once beside it, then
+    reused); a mix selected under another tokenizer is refused unless `any_tokenizer`, and a
+    charged selection's cost comes out of the budget."""
     from languini import throughput
 
     family = load_family(family_name)
     data = PreparedData(_data_of(data_dir, mix))
+    if mix is not None and mix.dedup is not None:
+        data = _deduplicated(data, mix.dedup, progress)
     if mix is not None:
         note = mix.check_tokenizer(data, force=any_tokenizer)
         if note and world().is_main:
@@ -206,6 +210,17 @@ def _data_of(data_dir: str | Path | None, mix: Mix | None) -> str | Path:
         raise UserError(f"Mix '{mix.name}' trains on {named}, but --data names {data_dir}; give one of them "
                         "(or edit the spec's `data`).")
     return named
+
+
+def _deduplicated(parent: PreparedData, settings: dict[str, Any], progress: bool) -> PreparedData:
+    """The deduplicated data, made by rank 0 while the others wait (under torchrun)."""
+    from languini.data.dedup import deduplicated
+
+    w = world()
+    if w.is_main:
+        deduplicated(parent, settings, progress)
+    barrier(w)
+    return deduplicated(parent, settings, progress=False)  # made by now: opened, not written
 
 
 def _validation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: torch.device) -> float:

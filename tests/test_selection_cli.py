@@ -78,6 +78,12 @@ def test_a_charged_mix_competes_at_equal_compute(world, pruned):
     invoke("submit", out / "ppl-seed0", "--out", world["tmp"] / "bundle")
     board = json.loads(invoke("leaderboard", world["tmp"] / "bundle", "--json"))
     assert not board["invalid"] and board["classes"]["sel-train"][0]["tokens_trained"] == rows["ppl"]["tokens"]
+    assert board["classes"]["sel-train"][0]["selection"] == sel  # the selection's cost beside every result
+    assert "perplexity: " in invoke("leaderboard", world["tmp"] / "bundle") and "(charged)" in printed
+    summary = invoke("train", "--family", "gpt", "--config", world["model"], "--class", "sel-train", "--mix",
+                     world["tmp"] / "ppl.toml", "--throughput", out / "throughput.json", "--out", world["tmp"] / "one",
+                     QUIET)
+    assert "data selection      perplexity: " in summary and "(charged)" in summary
 
 
 def test_d4_and_doremi_through_the_cli(world, pruned):

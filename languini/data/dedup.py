@@ -21,6 +21,8 @@ recomputed, a `parent` and a `dedup` entry, and a new fingerprint.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import shutil
 import sys
@@ -106,6 +108,19 @@ def dedup(
         atomic_write_json(tmp / "manifest.json", manifest)
         atomic_write_json(tmp / REPORT_FILE, report)
     return report
+
+
+def deduplicated(parent: PreparedData, settings: dict[str, Any], progress: bool = True) -> PreparedData:
+    """`parent` deduplicated with `settings` (keyword arguments of `dedup`): written once into a
+    folder beside it named for the parent and the settings, and reused from then on."""
+    key = hashlib.sha256(json.dumps({"parent": parent.fingerprint, **settings}, sort_keys=True).encode()).hexdigest()
+    out = parent.path.parent / f"{parent.path.name}.dedup-{key[:12]}"
+    if not (out / "manifest.json").is_file():
+        dedup(parent.path, out, progress=progress, **settings)
+    child = PreparedData(out)
+    if child.manifest.get("parent", {}).get("fingerprint") != parent.fingerprint:
+        raise UserError(f"{out} holds another dataset than {parent.path} deduplicated; move it away.")
+    return child
 
 
 def check_settings(scope: str, threshold: float, ngram: int, num_perm: int, workers: int | None) -> None:
