@@ -30,6 +30,15 @@ def emit(as_json: bool, obj: Any, prose: str) -> None:
     click.echo(to_json(obj) if as_json else prose, nl=not as_json)
 
 
+def _stacked(*options: Any) -> Any:
+    """One decorator applying `options` in the order given (as they appear in --help)."""
+    def apply(f: Any) -> Any:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
                                help="Progress bars on stderr.")
@@ -203,21 +212,18 @@ def data_select() -> None:
     """
 
 
-def _selection_options(f):
-    for option in reversed([
-        click.option("--out", required=True, type=click.Path(path_type=Path),
-                     help="The new prepared-data folder (its mix spec goes to OUT.toml unless --mix-out)."),
-        click.option("--mix-out", type=click.Path(path_type=Path), default=None,
-                     help="Where to write the mix spec (default: OUT.toml beside OUT)."),
-        click.option("--max-epochs", default=4.0, show_default=True, help="The mix spec's max_epochs."),
-        click.option("--charge-selection", is_flag=True,
-                     help="Take the selection models' compute out of the training budget of runs on this mix."),
-        click.option("--seed", default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True),
-        click.option("--force", is_flag=True, help="Replace an existing OUT, mix spec and reference runs."),
-    ]):
-        f = option(f)
-    return f
+_selection_options = _stacked(
+    click.option("--out", required=True, type=click.Path(path_type=Path),
+                 help="The new prepared-data folder (its mix spec goes to OUT.toml unless --mix-out)."),
+    click.option("--mix-out", type=click.Path(path_type=Path), default=None,
+                 help="Where to write the mix spec (default: OUT.toml beside OUT)."),
+    click.option("--max-epochs", default=4.0, show_default=True, help="The mix spec's max_epochs."),
+    click.option("--charge-selection", is_flag=True,
+                 help="Take the selection models' compute out of the training budget of runs on this mix."),
+    click.option("--seed", default=0, show_default=True),
+    click.option("--device", default="auto", show_default=True),
+    click.option("--force", is_flag=True, help="Replace an existing OUT, mix spec and reference runs."),
+)
 
 
 @data_select.command("perplexity")
@@ -381,19 +387,16 @@ def classes(as_json: bool) -> None:
     emit(as_json, [asdict(c) for c in found.values()], "\n".join(lines))
 
 
-def _model_options(f):
-    for option in reversed([
-        click.option("--family", required=True, help="gpt, qlstm, or module.path:Class for your own model."),
-        click.option("--config", "config_name", required=True,
-                     help="A size from the family's configs.toml (nano, micro, mini, small, ...) or a .toml file."),
-        click.option("--batch-size", type=int, default=None, help="Global batch in sequences (default: the size's)."),
-        click.option("--micro-batch-size", type=int, default=None,
-                     help="Sequences per forward pass; gradients accumulate up to --batch-size."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-        click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
-    ]):
-        f = option(f)
-    return f
+_model_options = _stacked(
+    click.option("--family", required=True, help="gpt, qlstm, or module.path:Class for your own model."),
+    click.option("--config", "config_name", required=True,
+                 help="A size from the family's configs.toml (nano, micro, mini, small, ...) or a .toml file."),
+    click.option("--batch-size", type=int, default=None, help="Global batch in sequences (default: the size's)."),
+    click.option("--micro-batch-size", type=int, default=None,
+                 help="Sequences per forward pass; gradients accumulate up to --batch-size."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
+)
 
 
 def _train_overrides(**kwargs: Any) -> dict[str, Any]:
@@ -486,12 +489,12 @@ def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str
          f"calibration: {out}")
 
 
-def calibration_options(f):
-    f = click.option("--device-factor", type=float, default=None,
-                     help="Reference yardstick tokens/s ÷ this device's, given by hand instead of --calibration.")(f)
-    return click.option("--calibration", "calibration_path", type=click.Path(path_type=Path), default=None,
-                        help="A file from `languini calibrate`: converts this device's tokens/s to the "
-                        "reference's.")(f)
+calibration_options = _stacked(
+    click.option("--calibration", "calibration_path", type=click.Path(path_type=Path), default=None,
+                 help="A file from `languini calibrate`: converts this device's tokens/s to the reference's."),
+    click.option("--device-factor", type=float, default=None,
+                 help="Reference yardstick tokens/s ÷ this device's, given by hand instead of --calibration."),
+)
 
 
 def _calibration(path: Path | None, device_factor: float | None) -> dict[str, Any] | None:

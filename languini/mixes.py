@@ -183,11 +183,11 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
     so every run is scored on the same text. Runs that already hold a result for the same mix
     are reused. Writes `compare.json` and the figure `compare.png` into `out_dir`.
     """
-    from languini.plots import mix_comparison, png_bytes
     from languini import throughput, trainer
     from languini.data.loader import PreparedData
     from languini.family import load_family
     from languini.io import atomic_write_bytes, atomic_write_json, read_json
+    from languini.plots import mix_comparison, png_bytes
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")

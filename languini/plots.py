@@ -202,7 +202,7 @@ def mix_comparison(table: dict[str, Any]) -> Figure:
     first, as in the table), seed spread as error bars, the selection cost under each name."""
     rows = table["rows"]
     columns = ["all"] + sorted({d for r in rows for d in r["by_domain"]})
-    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) * len(columns) * 0.45 + 2), 4.6), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 0.5 * len(rows) * len(columns) + 2), 4.6), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(columns)
     xs = np.arange(len(rows))
@@ -213,7 +213,8 @@ def mix_comparison(table: dict[str, Any]) -> Figure:
         spreads = [c["spread"] if c else 0.0 for c in cells]
         ax.bar(xs + (j - (len(columns) - 1) / 2) * width, means, width, yerr=spreads if several else None, capsize=2,
                color="0.35" if col == "all" else f"C{j - 1}", label="whole test split" if col == "all" else col)
-    ax.set_xticks(xs, [f"{r['mix']}\n{cost_text(r.get('selection')) if r.get('selection') else 'no selection'}" for r in rows], fontsize=8)
+    ax.set_xticks(xs, [f"{r['mix']}\n{cost_text(r['selection']) if r['selection'] else 'no selection'}" for r in rows],
+                  fontsize=8)
     ax.set_ylabel("test bits per byte (lower is better)")
     finite = [v for r in rows for v in [r["bits_per_byte"]["mean"], *(c["mean"] for c in r["by_domain"].values())]
               if np.isfinite(v)]

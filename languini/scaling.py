@@ -611,7 +611,8 @@ def intersect(law: Law, a: GroupFit, b: GroupFit, searched: tuple[float, float],
     grid = np.geomspace(*searched, CROSSING_GRID)
     with np.errstate(all="ignore"):
         diff = loss_at_compute(law, a.params, grid) - loss_at_compute(law, b.params, grid)
-        point = crossings(diff[None], grid)[0]
+        every = every_crossing(diff, grid)
+        point = every[-1] if every else math.nan
         draws, ends = None, None
         if a.samples is not None and b.samples is not None:
             m = min(len(a.samples["E"]), len(b.samples["E"]))
@@ -629,7 +630,6 @@ def intersect(law: Law, a: GroupFit, b: GroupFit, searched: tuple[float, float],
             share = f"; {entry['fraction_crossing']:.0%} of {len(draws)} resamples do"
         entry["statement"] = f"{a.name} and {b.name} do not cross {range_text}{share}."
         return entry
-    every = every_crossing(diff, grid)
     ahead = a.name if diff[-1] < 0 else b.name
     entry.update(point_estimate=float(point), loss=float(loss_at_compute(law, a.params, point)), all_crossings=every,
                  ahead=ahead)

@@ -217,10 +217,9 @@ def _deduplicated(parent: PreparedData, settings: dict[str, Any], progress: bool
     from languini.data.dedup import deduplicated
 
     w = world()
-    if w.is_main:
-        deduplicated(parent, settings, progress)
+    made = deduplicated(parent, settings, progress) if w.is_main else None
     barrier(w)
-    return deduplicated(parent, settings, progress=False)  # made by now: opened, not written
+    return made or deduplicated(parent, settings, progress=False)  # made by rank 0 by now: opened, not written
 
 
 def _validation_loss(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: torch.device) -> float:
@@ -318,11 +317,12 @@ def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = T
     run = RunDir(Path(run_path))
     with main_only(w, run.lock()):
         if w.is_main:
-            _write_plan(run, p)
+            write_plan(run, p)
         return _run(run, p, None, progress)
 
 
-def _write_plan(run: RunDir, p: Plan) -> None:
+def write_plan(run: RunDir, p: Plan) -> None:
+    """What a run is, before its first step: config, certificate, budget (and mix)."""
     run.write_config(RunConfig(
         family=p.family.name, config_name=p.config_name, compute_class=p.budget.compute_class,
         data=str(p.data.path.resolve()), data_fingerprint=p.data.fingerprint,

@@ -101,9 +101,10 @@ def dedup(
         corpus = read_corpus(parent, SPLITS if decontaminate else ("train",), MinHasher(num_perm, ngram, seed), settings, tmp / _SIGNATURES, pool, workers, progress)
         decision = decide(corpus, settings)
         (tmp / _SIGNATURES).unlink()  # the memory map stays readable until dropped; the folder moves clean
-        train = write_train(parent, corpus, decision.removed, tmp, progress)
+        train = write_train(parent, corpus.train_table(parent.documents("train").offsets), decision.removed, tmp,
+                            progress)
         copy_unchanged(parent, tmp)
-        manifest = child_manifest(parent, train, settings)
+        manifest = child_manifest(parent, train, "dedup", asdict(settings))
         report = build_report(parent, out, manifest, settings, corpus, decision)
         atomic_write_json(tmp / "manifest.json", manifest)
         atomic_write_json(tmp / REPORT_FILE, report)
@@ -164,6 +165,24 @@ def check_out(parent: Path, out: Path, force: bool) -> None:
         raise UserError(f"--out {out} already holds a dataset; pass --force to replace it or choose another --out.")
 
 
+@dataclass(frozen=True)
+class DocTable:
+    """Per train document of a parent, in stream order: what the split writer sums."""
+
+    offsets: np.ndarray  # n + 1 token offsets into the train stream (each document ends with its EOD)
+    domains: np.ndarray  # index into the manifest's domains
+    ids: list[str]
+    n_bytes: np.ndarray  # UTF-8 bytes of the decoded text
+    n_chars: np.ndarray
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 @dataclass
 class Corpus:
     """Stage one's result: per signed document (train first, then any evaluation splits),
@@ -181,6 +200,11 @@ class Corpus:
     @property
     def n_train(self) -> int:
         return int(np.count_nonzero(self.split == 0))
+
+    def train_table(self, offsets: np.ndarray) -> DocTable:
+        """The train documents (signed first, in stream order) as the writer reads them."""
+        n = self.n_train
+        return DocTable(offsets, self.domain[:n], self.ids["train"], self.n_bytes[:n], self.n_chars[:n])
 
 
 @dataclass(frozen=True)
@@ -310,8 +334,9 @@ def contamination(corpus: Corpus, settings: Settings) -> np.ndarray:
     return np.where(found < len(corpus.split), found, -1)
 
 
-def write_train(parent: PreparedData, corpus: Corpus, removed: np.ndarray, folder: Path, progress: bool) -> dict[str, Any]:
-    """Stage four: the kept train documents, token for token, as a new train split."""
+def write_train(parent: PreparedData, table: DocTable, removed: np.ndarray, folder: Path, progress: bool) -> dict[str, Any]:
+    """Stage four: the kept train documents, token for token, as a new train split (the
+    selection commands write their subsets with it too)."""
     if removed.all():
         raise UserError("every train document would be removed; lower the threshold or drop --decontaminate.")
     manifest = parent.manifest
@@ -323,14 +348,15 @@ def write_train(parent: PreparedData, corpus: Corpus, removed: np.ndarray, folde
         domains=domains,
         shard_tokens=manifest["settings"]["shard_tokens"],
     )
-    stream, offsets, ids = parent.stream("train"), parent.documents("train").offsets, corpus.ids["train"]
+    stream, offsets, lengths_all = parent.stream("train"), table.offsets, table.tokens
     with tqdm(total=len(removed), desc="write", unit=" docs", disable=not progress, file=sys.stderr) as bar:
         for lo, hi in batches(offsets, TASK_TOKENS):
             keep = ~removed[lo:hi]
-            lengths = corpus.tokens[lo:hi]
+            lengths = lengths_all[lo:hi]
             tokens = stream.read(int(offsets[lo]), int(offsets[hi] - offsets[lo]))[np.repeat(keep, lengths)]
             rows = lo + np.flatnonzero(keep)
-            infos = [DocInfo(ids[i], domains[corpus.domain[i]], int(corpus.n_bytes[i]), int(corpus.n_chars[i])) for i in rows]
+            infos = [DocInfo(table.ids[i], domains[table.domains[i]], int(table.n_bytes[i]), int(table.n_chars[i]))
+                     for i in rows]
             writer.add(EncodedBatch("train", tokens, lengths[keep].tolist(), infos))
             bar.update(hi - lo)
     return writer.close()
@@ -345,15 +371,20 @@ def copy_unchanged(parent: PreparedData, folder: Path) -> None:
         shutil.copy2(parent.path / model, folder / model)
 
 
-def child_manifest(parent: PreparedData, train: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The parent's manifest with the new train split, `parent` and `dedup` entries, and a
-    fingerprint of its own (the parent's `parent`/`dedup` entries, if any, are replaced)."""
-    stamps = ("format", "languini_version", "created", "fingerprint")
-    body = {key: value for key, value in parent.manifest.items() if key not in stamps + ("parent", "dedup")}
+STAMPS = ("format", "languini_version", "created", "fingerprint")
+PROVENANCE = ("parent", "dedup", "selection")  # what a derived dataset says about where it came from
+
+
+def child_manifest(parent: PreparedData, train: dict[str, Any], kind: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The parent's manifest with the new train split, a `parent` entry, the `kind` entry
+    (`dedup`, or `selection`) holding `settings`, and a fingerprint of its own. The parent's own
+    provenance entries are dropped (its fingerprint leads to them), and where the parent lies
+    is not part of what the dataset is."""
+    body = {key: value for key, value in parent.manifest.items() if key not in STAMPS + PROVENANCE}
     body["splits"] = {**body["splits"], "train": train}
     body["parent"] = {"fingerprint": parent.fingerprint}
-    body["dedup"] = asdict(settings)
-    manifest = stamp(body)  # where the parent lies is not part of what the dataset is
+    body[kind] = settings
+    manifest = stamp(body)
     manifest["parent"]["path"] = str(parent.path.resolve())
     return manifest
 

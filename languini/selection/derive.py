@@ -11,40 +11,18 @@ of the evaluation splits, the same refusal to overwrite the input or a folder th
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from languini.data.dedup import Corpus, check_out, copy_unchanged, open_parent, write_train
+from languini.data.dedup import DocTable, check_out, child_manifest, copy_unchanged, open_parent, write_train
 from languini.data.loader import PreparedData
-from languini.data.prepare import stamp
 from languini.io import atomic_dir, atomic_write_json
 from languini.selection.mixspec import check_spec_out
 
 REPORT_FILE = "selection.json"
-STAMPS = ("format", "languini_version", "created", "fingerprint")
-PROVENANCE = ("parent", "dedup", "selection")  # what a derived dataset says about where it came from
-
-
-@dataclass(frozen=True)
-class DocTable:
-    """Per train document of a parent, in stream order: what the split writer sums."""
-
-    offsets: np.ndarray  # n + 1 token offsets into the train stream (each document ends with its EOD)
-    domains: np.ndarray  # index into the manifest's domains
-    ids: list[str]
-    n_bytes: np.ndarray  # UTF-8 bytes of the decoded text
-    n_chars: np.ndarray
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 def document_table(parent: PreparedData, progress: bool) -> DocTable:
@@ -80,31 +58,13 @@ def write_derived(parent: PreparedData, table: DocTable, keep: np.ndarray, out: 
     `selection` goes into the manifest (and so into its fingerprint); `report`, when given, is
     written beside it as `selection.json`. Returns the new manifest.
     """
-    corpus = Corpus(  # dedup's writer reads only these per-document columns, never the signatures
-        split=np.zeros(len(table), dtype=np.int8), index=np.arange(len(table)), domain=table.domains,
-        tokens=table.tokens, n_bytes=table.n_bytes, n_chars=table.n_chars, ids={"train": table.ids}, signed=None,
-    )
     with atomic_dir(out) as tmp:
-        train = write_train(parent, corpus, ~keep, tmp, progress)
+        train = write_train(parent, table, ~keep, tmp, progress)
         copy_unchanged(parent, tmp)
-        manifest = derived_manifest(parent, train, "selection", selection)
+        manifest = child_manifest(parent, train, "selection", selection)
         atomic_write_json(tmp / "manifest.json", manifest)
         if report is not None:
             atomic_write_json(tmp / REPORT_FILE, {**report, "fingerprint": manifest["fingerprint"]})
-    return manifest
-
-
-def derived_manifest(parent: PreparedData, train: dict[str, Any], kind: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The parent's manifest with the new train split, a `parent` entry, the `kind` entry
-    (`selection`, or `dedup`) holding `settings`, and a fingerprint of its own. The parent's own
-    provenance entries are dropped (its fingerprint leads to them), and where the parent lies
-    is not part of what the dataset is."""
-    body = {k: v for k, v in parent.manifest.items() if k not in STAMPS + PROVENANCE}
-    body["splits"] = {**body["splits"], "train": train}
-    body["parent"] = {"fingerprint": parent.fingerprint}
-    body[kind] = settings
-    manifest = stamp(body)
-    manifest["parent"]["path"] = str(parent.path.resolve())
     return manifest
 
 

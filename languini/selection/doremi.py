@@ -23,7 +23,6 @@ needs the whole batch's losses before the step.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,6 @@ from tqdm import tqdm
 
 from languini import device as devices
 from languini import trainer
-from languini.config import RunConfig
 from languini.data.dedup import open_parent
 from languini.data.loader import MixedStreams, PreparedData
 from languini.errors import UserError
@@ -194,13 +192,10 @@ def train_proxy(p: trainer.Plan, reference: torch.nn.Module, domains: list[str],
     model = p.family.build(p.model_cfg).to(dev)
     optimizer = trainer.make_optimizer(model, tcfg)
     batches = DomainRows(p.data, domains, tcfg.batch_size, p.model_cfg.seq_len, tcfg.seed)
-    row_domain = batches.row_domain.to(dev)
+    token_domains = batches.row_domain.to(dev)[:, None].expand(tcfg.batch_size, p.model_cfg.seq_len).flatten()
+    domain_tokens = torch.bincount(token_domains, minlength=k).clamp_min(1)  # the same in every batch
     run = RunDir.create(run_path, force=True)
-    run.write_config(RunConfig(family=p.family.name, config_name=p.config_name, compute_class=p.budget.compute_class,
-                               data=str(p.data.path.resolve()), data_fingerprint=p.data.fingerprint,
-                               model=dataclasses.asdict(p.model_cfg), train=dataclasses.asdict(tcfg)))
-    run.write_json(run.throughput, p.certificate)
-    run.write_json(run.budget, p.budget.to_dict())
+    trainer.write_plan(run, p)
     alpha, excess = np.full(k, 1.0 / k), np.zeros(k)
     weights, excesses, losses = np.zeros((steps, k)), np.zeros((steps, k)), np.zeros(steps)
     state, ref_state = None, None
@@ -212,11 +207,9 @@ def train_proxy(p: trainer.Plan, reference: torch.nn.Module, domains: list[str],
         nll, state = _nll(model, x, y, state, dev)
         with torch.no_grad():
             ref_nll, ref_state = _nll(reference, x, y, ref_state, dev)
-        token_domains = row_domain[:, None].expand_as(y)
         excess = excess_losses(nll, ref_nll, token_domains, excess)
         alpha = update_weights(alpha, excess, eta, smoothing)
-        per_domain = torch.zeros(k, device=dev).index_add_(0, token_domains.flatten(), nll.flatten())
-        per_domain = per_domain / torch.bincount(token_domains.flatten(), minlength=k).clamp_min(1)
+        per_domain = torch.zeros(k, device=dev).index_add_(0, token_domains, nll.flatten()) / domain_tokens
         loss = (torch.as_tensor(alpha, dtype=per_domain.dtype, device=dev) * per_domain).sum()
         lr = trainer.lr_at(step, steps, tcfg)
         for group in optimizer.param_groups:

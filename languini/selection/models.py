@@ -109,7 +109,6 @@ def unknown_cost(why: str) -> dict[str, Any]:
     return {"selection_hours": None, "selection_reference": None, "selection_flops": None, "parts": {}, "rule": why}
 
 
-
 def describe_cost(c: dict[str, Any]) -> str:
     """A selection's cost in a few words: hours where known, else FLOPs, else why unknown."""
     if c["selection_hours"] is not None:
