@@ -1,6 +1,6 @@
 """Time the qLSTM recurrence and qLSTM vs GPT training steps; write JSON to benchmarks/results/.
 
-On a GPU, for each Languini size (channels = d_model) and batch, at sequence length 512:
+On a GPU, for each Languini size (channels = n_head · head_dim) and batch, at sequence length 512:
 - forward + backward of the recurrence through the Triton kernels, the reference loop and
   the block-parallel scan under torch.compile, all reading bf16 pre-activations as in
   training under autocast;
@@ -112,7 +112,7 @@ def bench_recurrence(args, dev: torch.device, peak: float | None) -> list[dict]:
     rows = []
     for size in args.sizes.split(","):
         cfg, _ = load_family("qlstm").config(size)
-        T, C = args.seq_len or cfg.seq_len, cfg.d_model
+        T, C = args.seq_len or cfg.seq_len, cfg.width
         for B in map(int, args.batches.split(",")):
             fns = {"loop": reference.qlstm_scan}
             if on_gpu:

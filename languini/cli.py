@@ -396,6 +396,9 @@ _model_options = _stacked(
                  help="Sequences per forward pass; gradients accumulate up to --batch-size."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--compile", "compile_", is_flag=True, help="torch.compile the model."),
+    click.option("--precision", default=None,
+                 help="auto, fp16, bf16 or fp32. auto: fp16 autocast with a gradient scaler on CUDA (the reference "
+                      "figures' precision), fp32 elsewhere [default: auto]."),
 )
 
 
@@ -418,8 +421,8 @@ def _train_overrides(**kwargs: Any) -> dict[str, Any]:
 @progress_option
 @json_option
 def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None,
-                   device: str, compile_: bool, data_dir: Path | None, vocab_size: int | None, warmup: int,
-                   steps: int, sweep: bool, max_batch_size: int, out: Path | None, progress: bool,
+                   device: str, compile_: bool, precision: str | None, data_dir: Path | None,
+                   vocab_size: int | None, warmup: int, steps: int, sweep: bool, max_batch_size: int, out: Path | None, progress: bool,
                    as_json: bool) -> None:
     """Measure training tokens/s (a full step on random tokens) and write a certificate.
 
@@ -438,7 +441,7 @@ def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_
     request = {"family": load_family(family).name, "config": config_name, "warmup": warmup, "steps": steps,
                "model_overrides": {"vocab_size": vocab} if vocab else {},
                "train_overrides": _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size,
-                                                   device=device, compile_=compile_)}
+                                                   device=device, compile_=compile_, precision=precision)}
     if sweep:
         cert = throughput.sweep(request, max_batch_size, progress)
     else:
@@ -465,13 +468,16 @@ def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile, as the reference figure was.")
+@click.option("--precision", default="auto", show_default=True,
+              help="auto, fp16, bf16 or fp32: the precision of the certificates it converts (auto: fp16 on CUDA, "
+                   "as the reference figures).")
 @click.option("--warmup", default=3, show_default=True)
 @click.option("--steps", default=10, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Calibration file to write.")
 @progress_option
 @json_option
-def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str, compile_: bool, warmup: int,
-                  steps: int, out: Path, progress: bool, as_json: bool) -> None:
+def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str, compile_: bool, precision: str,
+                  warmup: int, steps: int, out: Path, progress: bool, as_json: bool) -> None:
     """Time the yardstick here to convert this device's budgets to the reference's.
 
     The device factor is the reference's yardstick tokens/s (devices.toml: Languini Kitchen's
@@ -481,7 +487,7 @@ def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str
     from languini.io import atomic_write_json
     from languini.throughput import calibrate
 
-    cal = calibrate(reference, config_name, batch_size, device, compile_, warmup, steps, progress)
+    cal = calibrate(reference, config_name, batch_size, device, compile_, warmup, steps, progress, precision)
     atomic_write_json(out, cal)
     y = cal["yardstick"]
     emit(as_json, cal, f"{cal['device']}: GPT {config_name} at {y['local_tokens_per_second']:,.0f} tokens/s; "
@@ -589,7 +595,7 @@ def _charged(b: Any) -> str:
 @progress_option
 @json_option
 def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None, device: str,
-              compile_: bool, data_dir: Path | None, class_name: str, out: Path, mix_path: Path | None,
+              compile_: bool, precision: str | None, data_dir: Path | None, class_name: str, out: Path, mix_path: Path | None,
               any_tokenizer: bool, cert_path: Path | None,
               calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
               eval_every: int | None, log_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool, progress: bool,
@@ -606,7 +612,7 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
     if out.exists() and any(out.iterdir()) and not force and not resume_:
         raise UserError(f"Run directory {out} already exists; pass --force to replace it or --resume to continue it.")
     overrides = _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size, device=device,
-                                 compile_=compile_, lr=lr, warmup_steps=warmup_steps, seed=seed,
+                                 compile_=compile_, precision=precision, lr=lr, warmup_steps=warmup_steps, seed=seed,
                                  eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every)
     if resume_:
         from languini.run import RunDir

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from languini.device import precision_of_dtype_name
 from languini.errors import UserError
 from languini.io import read_toml
 
@@ -123,17 +124,29 @@ class Budget:
     tokens_trained: int
     reference_hours: float | None
     charge: dict[str, Any] | None = None  # see `charged_amount`
+    precision: str | None = None  # what the certificate measured (fp16 | bf16 | fp32): what training runs in
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _device_factor(cls: ComputeClass, device: str, calibration: dict[str, Any] | None) -> tuple[float, str]:
+def certificate_precision(measured: dict[str, Any]) -> str | None:
+    """fp16, bf16 or fp32: what a certificate (or a calibration's yardstick) was measured in;
+    read from its `dtype` where it predates the `precision` key."""
+    return measured.get("precision") or precision_of_dtype_name(measured.get("dtype"))
+
+
+def _device_factor(cls: ComputeClass, device: str, calibration: dict[str, Any] | None,
+                   precision: str | None) -> tuple[float, str]:
     """The factor that turns local tokens/s into reference tokens/s, and the budget's mode."""
     if calibration is not None:
         factor = calibration.get("device_factor")
         if not (isinstance(factor, (int, float)) and factor > 0 and math.isfinite(factor)):
             raise UserError(f"The device factor must be a positive number, got {factor}.")
+        timed = certificate_precision(calibration.get("yardstick") or {})
+        if timed and precision and timed != precision:
+            raise UserError(f"The calibration timed its yardstick in {timed}, the throughput was measured in "
+                            f"{precision}: calibrate with --precision {precision}.")
         ref = calibration.get("reference")
         if ref is not None and ref != cls.reference:
             raise UserError(f"The calibration is against '{ref}', but class '{cls.name}' is on '{cls.reference}'.")
@@ -175,7 +188,7 @@ def charged_amount(cls: ComputeClass, charge: dict[str, Any]) -> float:
 
 def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int, seq_len: int, device: str,
                    calibration: dict[str, Any] | None = None, params: int | None = None,
-                   charge: dict[str, Any] | None = None) -> Budget:
+                   charge: dict[str, Any] | None = None, precision: str | None = None) -> Budget:
     if not (tokens_per_second > 0 and math.isfinite(tokens_per_second)):
         raise UserError(f"The measured throughput must be a positive number of tokens/s, got {tokens_per_second}.")
     if batch_size < 1 or seq_len < 1:
@@ -187,7 +200,7 @@ def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int,
         factor, mode, ref_tps = 1.0, FLOPS, tokens_per_second
         tokens = math.floor((cls.flops - spent) / (6 * params))
     else:
-        factor, mode = _device_factor(cls, device, calibration)
+        factor, mode = _device_factor(cls, device, calibration, precision)
         ref_tps = tokens_per_second * factor
         tokens = math.floor(ref_tps * (cls.hours - spent) * 3600)
     steps = tokens // (batch_size * seq_len)
@@ -201,7 +214,7 @@ def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int,
         reference_tokens_per_second=ref_tps, params=params, batch_size=batch_size, seq_len=seq_len,
         tokens=tokens, steps=steps, tokens_trained=trained,
         reference_hours=None if mode == FLOPS else trained / ref_tps / 3600,
-        charge={**charge, "charged": spent} if charge else None,
+        charge={**charge, "charged": spent} if charge else None, precision=precision,
     )
 
 
@@ -226,6 +239,7 @@ def budget_from_certificate(cls: ComputeClass, cert: dict[str, Any], calibration
             calibration=calibration,
             params=int(cert["params"]) if "params" in cert else None,
             charge=charge,
+            precision=certificate_precision(cert),
         )
     except KeyError as e:
         raise UserError(f"The throughput certificate lacks the key {e}.") from None

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from languini.device import PRECISIONS
 from languini.errors import UserError
 from languini.family import make_dataclass_strict
 from languini.io import read_toml
@@ -21,10 +22,12 @@ class TrainConfig:
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio on the last budgeted step
     warmup_steps: int = 100  # capped at a tenth of the run for short budgets
-    weight_decay: float = 0.1
+    weight_decay: float = 0.1  # AdamW's, on matrices; 0 makes it Adam
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    precision: str = "auto"  # auto (fp16 + gradient scaler on CUDA, fp32 elsewhere) | fp16 | bf16 | fp32
     seed: int = 0
     eval_every: int = 0  # steps between validations; 0 means about ten per run
     eval_tokens: int = 65536  # validation tokens per periodic check (the test is always whole)
@@ -35,6 +38,8 @@ class TrainConfig:
     checkpoint_every: str = "10m"  # minutes ("10m") or steps ("500") between checkpoints
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise UserError(f"Unknown precision '{self.precision}' (use {', '.join(PRECISIONS)}).")
         every = self.checkpoint_every.removesuffix("m")
         if not every.replace(".", "", 1).isdigit() or float(every) <= 0:
             raise UserError(f"checkpoint_every takes steps like 500 or minutes like 10m, got '{self.checkpoint_every}'.")

@@ -45,18 +45,43 @@ def name(dev: torch.device) -> str:
     return f"{_cpu_model()} ({torch.get_num_threads()} threads)"
 
 
-def autocast_dtype(dev: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA, plain fp32 on CPU (CPU bf16 is slower than fp32 on most parts)."""
-    return torch.bfloat16 if dev.type == "cuda" else None
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+_AUTOCAST = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
 
-def dtype_name(dev: torch.device) -> str:
-    dt = autocast_dtype(dev)
+def training_precision(precision: str, dev: torch.device) -> str:
+    """What a training step computes in. "auto" is fp16 autocast with a gradient scaler on CUDA,
+    the precision Languini Kitchen's RTX 3090 reference throughputs were measured in, so a
+    budget bought with them buys the same arithmetic; fp32 elsewhere (CPU half precision is
+    slower than fp32 on most parts). An explicit choice stands on any device."""
+    if precision not in PRECISIONS:
+        raise UserError(f"Unknown precision '{precision}' (use {', '.join(PRECISIONS)}).")
+    if precision != "auto":
+        return precision
+    return "fp16" if dev.type == "cuda" else "fp32"
+
+
+def autocast_dtype(dev: torch.device, precision: str | None = None) -> torch.dtype | None:
+    """The autocast dtype of a training precision; None (code that runs no gradient scaler:
+    evaluation, DoReMi's proxy) gets bf16 on CUDA, whose range needs no scaler, fp32 elsewhere."""
+    if precision is None:
+        return torch.bfloat16 if dev.type == "cuda" else None
+    return _AUTOCAST[training_precision(precision, dev)]
+
+
+def dtype_name(dev: torch.device, precision: str | None = None) -> str:
+    dt = autocast_dtype(dev, precision)
     return "float32" if dt is None else f"autocast-{str(dt).removeprefix('torch.')}"
 
 
-def autocast(dev: torch.device) -> ContextManager:
-    dt = autocast_dtype(dev)
+def precision_of_dtype_name(name: str | None) -> str | None:
+    """The precision a certificate's `dtype` names: certificates written before they recorded
+    `precision` are read through it."""
+    return {"float32": "fp32", "autocast-bfloat16": "bf16", "autocast-float16": "fp16"}.get(name or "")
+
+
+def autocast(dev: torch.device, precision: str | None = None) -> ContextManager:
+    dt = autocast_dtype(dev, precision)
     if dt is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=dt)

@@ -116,7 +116,8 @@ def measure(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig,
         "batch_size": B,
         "micro_batch_size": tcfg.micro(),
         "seq_len": T,
-        "dtype": devices.dtype_name(dev),
+        "dtype": devices.dtype_name(dev, trainable.precision),
+        "precision": trainable.precision,
         "compile": tcfg.compile,
         "warmup_steps": warmup,
         "measured_steps": steps,
@@ -215,17 +216,19 @@ if __name__ == "__main__":
 
 
 def calibrate(reference: str, config: str, batch_size: int, device: str = "auto", compile: bool = False,
-              warmup: int = 3, steps: int = 10, progress: bool = True) -> dict[str, Any]:
+              warmup: int = 3, steps: int = 10, progress: bool = True, precision: str = "auto") -> dict[str, Any]:
     """Time the yardstick (a GPT training step at seq 512) here; the factor converts to `reference`.
 
     device_factor = yardstick tokens/s on the reference (devices.toml) ÷ measured here, so that
-    local tokens/s × factor = what the reference would do.
+    local tokens/s × factor = what the reference would do. The yardstick is timed in the
+    precision the certificates it converts are measured in (the budget refuses a mismatch).
     """
     from languini.compute import reference_yardstick
 
     ref_tps = reference_yardstick(reference, config)
     request = {"family": "gpt", "config": config, "warmup": warmup, "steps": steps,
-               "train_overrides": {"batch_size": batch_size, "device": device, "compile": compile}}
+               "train_overrides": {"batch_size": batch_size, "device": device, "compile": compile,
+                                   "precision": precision}}
     cert = measure_request(request, progress)
     return {
         "schema": 1,
@@ -233,7 +236,7 @@ def calibrate(reference: str, config: str, batch_size: int, device: str = "auto"
         "device": cert["device"],
         "device_factor": ref_tps / cert["tokens_per_second"],
         "yardstick": {"family": "gpt", "config": config, "seq_len": cert["seq_len"], "batch_size": batch_size,
-                      "dtype": cert["dtype"], "compile": compile,
+                      "dtype": cert["dtype"], "precision": cert["precision"], "compile": compile,
                       "reference_tokens_per_second": ref_tps, "local_tokens_per_second": cert["tokens_per_second"],
                       "reference_source": "compute_classes/devices.toml"},
         "certificate": cert,

@@ -1,9 +1,10 @@
 """The budget-driven training loop.
 
 The number of steps is fixed before the first one: `steps = budget tokens // (batch · seq)`.
-The learning rate warms up linearly and decays with a cosine that ends exactly on the last
-budgeted step, so a run is finished, not cut off, when its compute is spent. The global batch
-is set by the certificate; micro-batches (gradient accumulation) only change memory use.
+The learning rate follows Languini Kitchen's schedule, a cosine that ends exactly on the last
+budgeted step under a linear warm-up ramp, so a run is finished, not cut off, when its compute
+is spent. The global batch is set by the certificate; micro-batches (gradient accumulation)
+only change memory use. In fp16 a gradient scaler keeps small gradients from flushing to zero.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from languini import device as devices
-from languini.compute import Budget, budget_from_certificate, get_class
+from languini.compute import Budget, budget_from_certificate, certificate_precision, get_class
 from languini.config import RunConfig, TrainConfig, train_config
 from languini.distributed import World, any_rank, barrier, broadcast, gather, main_only, mean, world
 from languini.data.loader import MixedStreams, PreparedData, StreamBatches
@@ -36,21 +37,23 @@ from languini.run import RunDir
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to lr·min_lr_ratio at the last step (step total-1)."""
-    warmup = min(cfg.warmup_steps, max(1, total // 10))
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - 1 - warmup)
+    """Languini Kitchen's CosineLR, counted from step 1: a cosine from lr to lr·min_lr_ratio over
+    steps 1..total (so the floor falls on the last step, index total-1) times a linear ramp
+    min(step, warmup)/warmup. The warm-up is capped at a tenth of the run for short budgets."""
+    warmup = max(1, min(cfg.warmup_steps, total // 10))
+    t = step + 1
     floor = cfg.lr * cfg.min_lr_ratio
-    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    cosine = floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+    return min(t, warmup) / warmup * cosine
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; matrices get weight decay, biases, norms and embeddings' 1-D params do not."""
+    """AdamW; matrices get weight decay, biases, norms and embeddings' 1-D params do not. With
+    weight_decay 0 (the Languini sizes) every group's update is Adam's."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=False)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=False)
 
 
 def _detach(state: Any) -> Any:
@@ -63,13 +66,16 @@ def _detach(state: Any) -> Any:
 
 @dataclass
 class Trainable:
-    """A model, its optimizer, and the carried state of each micro-batch: one training step."""
+    """A model, its optimizer, its precision, and the carried state of each micro-batch: one
+    training step."""
 
     model: torch.nn.Module
     forward: torch.nn.Module  # the model, or its compiled wrapper
     optimizer: torch.optim.Optimizer
     cfg: TrainConfig
     dev: torch.device
+    precision: str  # resolved: fp16 | bf16 | fp32
+    scaler: torch.amp.GradScaler  # enabled in fp16 only; otherwise every call passes through
     states: list[Any]  # this rank's micro-batches' carried states
     world: World = World()
 
@@ -87,7 +93,9 @@ class Trainable:
         if n_micro < 1 or (rows.stop - rows.start) % cfg.micro():
             raise UserError(f"Each of {world.size} processes trains {rows.stop - rows.start} rows, which the "
                             f"micro-batch size {cfg.micro()} does not divide.")
-        return cls(model, forward, make_optimizer(model, cfg), cfg, dev, [None] * n_micro, world)
+        precision = devices.training_precision(cfg.precision, dev)
+        scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16")
+        return cls(model, forward, make_optimizer(model, cfg), cfg, dev, precision, scaler, [None] * n_micro, world)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
         """One optimizer step over the global batch (this rank's rows of it); returns this rank's
@@ -106,15 +114,17 @@ class Trainable:
             ys = y[i * m : (i + 1) * m].to(self.dev, non_blocking=True)
             sync = contextlib.nullcontext() if i == n - 1 or not self.world.active else self.forward.no_sync()
             with sync:
-                with devices.autocast(self.dev):
+                with devices.autocast(self.dev, self.precision):
                     logits, state = self.forward(xs, self.states[i])
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), ys.reshape(-1))
-                (loss / n).backward()
+                self.scaler.scale(loss / n).backward()
             total += loss.detach()
             self.states[i] = _detach(state)
         if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped (and the scale lowered) when a gradient overflowed
+        self.scaler.update()
         return total / n
 
 
@@ -139,7 +149,7 @@ class Plan:
 
 
 def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg: TrainConfig) -> None:
-    """A certificate only buys a budget for the model and batch it measured."""
+    """A certificate only buys a budget for the model, batch and precision it measured."""
     if cert.get("model") != family.name:
         raise UserError(f"The throughput certificate is for family '{cert.get('model')}', not '{family.name}'.")
     if cert.get("config_hash") != config_hash(model_cfg):
@@ -152,6 +162,11 @@ def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg
             f"The certificate was measured at batch size {cert.get('batch_size')}, training asks for "
             f"{tcfg.batch_size}: train at the certified batch size or measure again."
         )
+    measured, wanted = certificate_precision(cert), devices.training_precision(tcfg.precision,
+                                                                               devices.resolve(tcfg.device))
+    if measured != wanted:
+        raise UserError(f"The certificate was measured in {measured}, training would run in {wanted}: train with "
+                        f"--precision {measured} or measure again.")
 
 
 def plan(family_name: str, config_name: str, data_dir: str | Path | None, class_name: str,
@@ -301,6 +316,7 @@ def _save(run: RunDir, p: Plan, trainable: Trainable, batches: Any, counters: Co
     if trainable.world.is_main:
         run.save_checkpoint({
             "model": trainable.model.state_dict(), "optimizer": trainable.optimizer.state_dict(),
+            "scaler": trainable.scaler.state_dict(),
             "states": states, "counters": dataclasses.asdict(counters), "rng": _rng_state(),
             "loader": batches.state_dict() if hasattr(batches, "state_dict") else None, "identity": identity(p),
         })
@@ -391,6 +407,8 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> 
     if state is not None:
         trainable.model.load_state_dict(state["model"])
         trainable.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):  # fp16 runs; empty for a disabled scaler, absent in older checkpoints
+            trainable.scaler.load_state_dict(state["scaler"])
         n = len(trainable.states)
         trainable.states = [_to(s, dev) for s in state["states"][w.rank * n : (w.rank + 1) * n]]
         if state["loader"] is not None:

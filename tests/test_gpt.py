@@ -1,16 +1,35 @@
+import pytest
 import torch
 
+from baselines.gpt.model import GPTConfig
+from languini.config import train_config
+from languini.errors import UserError
 from languini.family import config_hash, load_family
 
+# projects/gpt/configs.py: layers, h_dim, n_heads, head_dim
+LANGUINI_SIZES = {"mini": (4, 512, 8, 32), "tiny": (4, 768, 12, 64), "small": (12, 768, 12, 64),
+                  "medium": (24, 1024, 16, 64), "large": (24, 1536, 16, 96), "XL": (24, 2048, 24, 128)}
+# projects/gpt/main.py: Adam(β 0.9/0.95, ε 1e-8), CosineLR(warmup 200, 6e-4 → 6e-6), grad_clip_norm 0
+LANGUINI_RECIPE = {"lr": 6e-4, "min_lr_ratio": 0.01, "warmup_steps": 200, "weight_decay": 0.0, "beta1": 0.9,
+                   "beta2": 0.95, "adam_eps": 1e-8, "grad_clip": 0.0}
 
-def test_gpt_sizes_match_languini():
+
+def test_gpt_sizes_and_recipe_match_languini():
     fam = load_family("gpt")
-    expect = {"mini": (4, 512, 8), "tiny": (4, 768, 12), "small": (12, 768, 12), "medium": (24, 1024, 16),
-              "large": (24, 1536, 16), "XL": (24, 2048, 24)}
-    for name, (layers, d, heads) in expect.items():
+    for name, (layers, d, heads, head_dim) in LANGUINI_SIZES.items():
         cfg, train = fam.config(name)
-        assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.vocab_size, cfg.seq_len) == (layers, d, heads, 16384, 512)
-        assert train["batch_size"] > 0
+        assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.head_dim, cfg.vocab_size, cfg.seq_len) == (
+            layers, d, heads, head_dim, 16384, 512)
+        tcfg = train_config(train, {})
+        assert {k: getattr(tcfg, k) for k in LANGUINI_RECIPE} == LANGUINI_RECIPE
+        assert tcfg.batch_size > 0 and tcfg.precision == "auto"
+
+
+def test_head_dim_defaults_to_an_even_split_and_is_checked():
+    assert GPTConfig(d_model=64, n_head=4).head_dim == 16
+    assert GPTConfig(d_model=2048, n_head=24, head_dim=128).head_dim == 128
+    with pytest.raises(UserError, match="give head_dim"):
+        GPTConfig(d_model=2048, n_head=24)
 
 
 def test_gpt_forward_is_causal_and_counts_params():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from baselines.qlstm.model import QLSTM, QLSTMConfig, pick_scan
 from languini.errors import UserError
 from languini.family import load_family
+from test_gpt import LANGUINI_RECIPE, LANGUINI_SIZES
 
 SMALL = QLSTMConfig(vocab_size=50, seq_len=16, n_layer=2, d_model=32, n_head=2)
 SCANS = ("reference", "block", "triton")
@@ -86,13 +87,12 @@ def test_num_params_and_flops():
 def test_sizes_match_languini_and_gpt():
     qlstm, gpt = load_family("qlstm"), load_family("gpt")
     assert qlstm.stateful and not gpt.stateful
-    expected = {"mini": (4, 512, 8), "tiny": (4, 768, 12), "small": (12, 768, 12),
-                "medium": (24, 1024, 16), "large": (24, 1536, 16)}
-    for size, (n_layer, d_model, n_head) in expected.items():
+    for size, (n_layer, d_model, n_head, head_dim) in LANGUINI_SIZES.items():  # projects/lstm/configs.py too
         cfg, train = qlstm.config(size)
-        assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.vocab_size, cfg.seq_len) == (
-            n_layer, d_model, n_head, 16384, 512)
-        assert set(train) == {"batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip"}
+        assert (cfg.n_layer, cfg.d_model, cfg.n_head, cfg.head_dim, cfg.vocab_size, cfg.seq_len) == (
+            n_layer, d_model, n_head, head_dim, 16384, 512)
+        assert train == gpt.config(size)[1]  # projects/lstm/main.py trains as projects/gpt/main.py does
+        assert {k: train[k] for k in LANGUINI_RECIPE} == LANGUINI_RECIPE
     for size in ("nano", "micro"):
         cfg, train = qlstm.config(size)
         assert train["batch_size"] == 16 and train["lr"] == 3e-3

@@ -95,6 +95,22 @@ def test_sigkill_then_resume_is_the_same_run(setup, reference, tmp_path, family,
     assert_same_run(whole, broken)
 
 
+def test_an_fp16_run_resumes_with_its_gradient_scaler(setup, tmp_path):
+    """CPU autocast runs fp16 too; the scaler's state (its scale, and the growth tracker that
+    counts steps since the last overflow) must come back with the checkpoint."""
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    invoke(*train_args(setup, "gpt", whole, None), "--precision", "fp16")
+    code, _ = start_and_stop(train_args(setup, "gpt", broken, None) + ["--precision", "fp16"], broken,
+                             signal.SIGKILL, 60)
+    assert code == -signal.SIGKILL
+    invoke("resume", broken, "--no-progress")
+    assert_same_run(whole, broken)
+    steps = json.loads((whole / "result.json").read_text())["steps"]
+    for run in (whole, broken):
+        scaler = torch.load(run / "checkpoints" / "last.pt", weights_only=False)["scaler"]
+        assert scaler["scale"] == 2.0 ** 16 and scaler["_growth_tracker"] == steps  # no overflow: every step counted
+
+
 def test_sigterm_checkpoints_and_says_how_to_resume(setup, reference, tmp_path):
     whole, stopped = reference("gpt", None), tmp_path / "stopped"
     code, err = start_and_stop(train_args(setup, "gpt", stopped, None), stopped, signal.SIGTERM, 50)

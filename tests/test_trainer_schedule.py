@@ -1,23 +1,48 @@
+import math
+
 import pytest
+import torch
 
 from languini.config import TrainConfig, train_config
 from languini.errors import UserError
-from languini.trainer import lr_at
+from languini.family import load_family
+from languini.trainer import lr_at, make_optimizer
 
 
-def test_schedule_warms_up_then_ends_at_the_floor_on_the_last_step():
-    cfg = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    total = 200
+def languini_cosine_lr(step: int, warmup: int, max_lr: float, min_lr: float, max_steps: int) -> float:
+    """Languini Kitchen's CosineLR (train_lib/lr_schedules.py, decay_after=False) for the
+    optimizer step `step` (0-based): its counter is at step + 1 then, having stepped once at
+    construction; a cosine over min(t, max_steps)/max_steps times the ramp min(t, warmup)/warmup."""
+    t = step + 1
+    cosine = min_lr + (1 + math.cos(math.pi * min(t, max_steps) / max_steps)) * 0.5 * (max_lr - min_lr)
+    return min(t, warmup) / warmup * cosine
+
+
+def test_schedule_is_languinis_and_ends_at_the_floor_on_the_last_step():
+    cfg = TrainConfig(lr=6e-4, warmup_steps=200, min_lr_ratio=0.01)
+    total = 18_265  # GPT small's steps in the 6-hour class at batch 128
     lrs = [lr_at(s, total, cfg) for s in range(total)]
-    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
-    assert max(lrs) == pytest.approx(1.0)
-    assert lrs[-1] == pytest.approx(0.1)
-    assert all(a >= b - 1e-12 for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs == pytest.approx([languini_cosine_lr(s, 200, 6e-4, 6e-6, total) for s in range(total)], rel=1e-12)
+    assert lrs[0] == pytest.approx(6e-4 / 200, rel=1e-4)
+    assert lrs[-1] == pytest.approx(6e-6, rel=1e-12)
+    assert all(a >= b for a, b in zip(lrs[199:], lrs[200:]))
 
 
 def test_short_runs_cap_the_warmup():
     cfg = TrainConfig(lr=1.0, warmup_steps=1000)
-    assert lr_at(4, 50, cfg) == pytest.approx(1.0)  # warm-up capped at a tenth of 50 steps
+    assert lr_at(4, 50, cfg) == pytest.approx(languini_cosine_lr(4, 5, 1.0, 0.1, 50))  # a tenth of 50 steps
+    assert lr_at(0, 50, TrainConfig(lr=1.0, warmup_steps=0)) == pytest.approx(languini_cosine_lr(0, 1, 1.0, 0.1, 50))
+
+
+def test_languini_sizes_train_with_adam_without_decay_or_clipping():
+    fam = load_family("gpt")
+    cfg, train = fam.config("mini", vocab_size=64)
+    tcfg = train_config(train, {})
+    with torch.device("meta"):
+        opt = make_optimizer(fam.build(cfg), tcfg)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 0.0]  # AdamW without decay is Adam
+    assert all(g["eps"] == 1e-8 and g["betas"] == (0.9, 0.95) for g in opt.param_groups)
+    assert tcfg.grad_clip == 0.0
 
 
 def test_batch_must_divide_into_micro_batches():

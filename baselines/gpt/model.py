@@ -1,9 +1,14 @@
-"""The GPT baseline, as in Languini Kitchen: GPT-2 style, in one readable file.
+"""The GPT baseline: Languini Kitchen's GPT function, size for size and tensor for tensor.
 
-Pre-LayerNorm blocks, learned positions, a GELU MLP four times wider than the model, an
-untied output layer, and the residual projections initialised with std 0.02/sqrt(2·layers)
-so the residual stream's variance does not grow with depth. Attention goes through
-`scaled_dot_product_attention`, which picks a fused kernel where one exists.
+Pre-LayerNorm blocks; the token embedding multiplied by √d_model before the learned position
+embedding is added; causal attention whose width (n_head × head_dim) need not equal d_model
+(Languini's `mini` is 8 × 32 inside d 512, its `XL` 24 × 128 inside d 2048); a tanh-GELU MLP
+four times wider than the model; final LayerNorm and an untied output layer without bias.
+Initialisation as Languini's: every weight N(0, 0.02) and every bias zero, except the MLP's
+output projection at 0.02/√(2·layers); LayerNorms start at one and zero. Attention goes
+through `scaled_dot_product_attention` (Languini's explicit masked softmax is the same
+function) and Q, K, V are one fused matrix (three N(0, 0.02) blocks: the same distribution
+as Languini's three matrices, one matmul instead of three).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from languini.errors import UserError
+
 
 @dataclass
 class GPTConfig:
@@ -23,34 +30,33 @@ class GPTConfig:
     n_layer: int = 12
     d_model: int = 768
     n_head: int = 12
+    head_dim: int | None = None  # None: d_model // n_head
     dropout: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.head_dim = resolve_head_dim(self.d_model, self.n_head, self.head_dim)
 
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: GPTConfig) -> None:
-        super().__init__()
-        assert cfg.d_model % cfg.n_head == 0, "d_model must be divisible by n_head"
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.proj.residual = True
-        self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+def resolve_head_dim(d_model: int, n_head: int, head_dim: int | None) -> int:
+    """An explicit head width stands; without one the heads split d_model evenly."""
+    if n_head < 1:
+        raise UserError(f"n_head must be at least 1, got {n_head}.")
+    if head_dim is None:
+        if d_model % n_head:
+            raise UserError(f"d_model {d_model} is not divisible by n_head {n_head}: give head_dim.")
+        return d_model // n_head
+    if head_dim < 1:
+        raise UserError(f"head_dim must be at least 1, got {head_dim}.")
+    return head_dim
 
 
 def init_weights(m: nn.Module, n_layer: int) -> None:
-    """N(0, 0.02) weights, zero biases; residual projections scaled by 1/sqrt(2·layers) so the
-    residual stream's variance does not grow with depth (GPT-2). The qLSTM shares it."""
+    """Languini's initialisation: N(0, 0.02) weights and zero biases, N(0, 0.02/√(2·layers)) for
+    the layers marked `depth_scaled` (the MLP's output projection: GPT-2's residual scaling,
+    which Languini applies there and not to the attention or recurrent output). The qLSTM
+    shares it."""
     if isinstance(m, nn.Linear):
-        std = 0.02 / math.sqrt(2 * n_layer) if getattr(m, "residual", False) else 0.02
+        std = 0.02 / math.sqrt(2 * n_layer) if getattr(m, "depth_scaled", False) else 0.02
         nn.init.normal_(m.weight, std=std)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
@@ -58,17 +64,36 @@ def init_weights(m: nn.Module, n_layer: int) -> None:
         nn.init.normal_(m.weight, std=0.02)
 
 
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        width = cfg.n_head * cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * width)
+        self.proj = nn.Linear(width, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+                   for t in self.qkv(x).chunk(3, dim=2))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
 class MLP(nn.Module):
-    """GELU MLP four times wider than the model; its output is a residual projection."""
+    """tanh-GELU MLP four times wider than the model (Languini's `gelu` is the tanh form)."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.up = nn.Linear(cfg.d_model, 4 * cfg.d_model)
         self.down = nn.Linear(4 * cfg.d_model, cfg.d_model)
-        self.down.residual = True
+        self.down.depth_scaled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.gelu(self.up(x)))
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
 
 
 class Block(nn.Module):
@@ -107,7 +132,7 @@ class GPT(nn.Module):
         if T > self.config.seq_len:
             raise ValueError(f"sequence of {T} tokens exceeds the model's seq_len {self.config.seq_len}")
         pos = torch.arange(T, device=tokens.device)
-        x = self.drop(self.tok_emb(tokens) + self.pos_emb(pos))
+        x = self.drop(self.tok_emb(tokens) * math.sqrt(self.config.d_model) + self.pos_emb(pos))
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x[:, logits_from:])), None
@@ -119,8 +144,9 @@ class GPT(nn.Module):
         """Training FLOPs per token: 6 per weight (forward + backward) plus attention scores.
 
         The PaLM appendix B count: 6·N for the matrix weights (embeddings are lookups, not
-        matmuls) and 6·layers·seq_len·d_model for QKᵀ and AV, forward and backward.
+        matmuls) and 6·layers·seq_len·width for QKᵀ and AV, forward and backward, where the
+        width is the attention's (n_head · head_dim), not the model's.
         """
         c = self.config
         matmul_params = self.num_params() - self.tok_emb.weight.numel() - self.pos_emb.weight.numel()
-        return 6.0 * matmul_params + 6.0 * c.n_layer * seq_len * c.d_model
+        return 6.0 * matmul_params + 6.0 * c.n_layer * seq_len * c.n_head * c.head_dim

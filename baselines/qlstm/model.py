@@ -2,20 +2,23 @@
 
 A GPT-shaped stack whose token mixer is a recurrence instead of attention. Each block:
 pre-LayerNorm -> multi-head quasi-LSTM -> output projection -> residual, then pre-LayerNorm
--> GELU MLP (4x) -> residual. The gates depend on the input only, so all four come from one
+-> tanh-GELU MLP (4x) -> residual. The gates depend on the input only, so all four come from one
 linear map over the whole sequence:
 
     f = σ(W_f x + b_f + 1),  i = σ(W_i x + b_i),  z = tanh(W_z x + b_z),  o = σ(W_o x + b_o)
     c_t = f_t ⊙ c_{t-1} + i_t ⊙ z_t,   h_t = o_t ⊙ tanh(c_t)
 
-and only the elementwise recurrence runs along time. The carried state is c alone, one
-(batch, d_model) fp32 tensor per layer, and `forward` returns it so the next chunk of the
-same streams continues from it. No positional embedding (the recurrence knows the order);
-the embedding is scaled by √d_model; final LayerNorm and an untied output layer. Weights are
-initialised like the GPT baseline: std 0.02, residual projections 0.02/√(2·layers).
+and only the elementwise recurrence runs along time. The gates and the recurrence are
+n_head × head_dim channels wide (Languini's `mini`: 8 × 32 inside d 512), and an output
+projection maps them back to d_model. The carried state is c alone, one (batch, n_head ·
+head_dim) fp32 tensor per layer (Languini also carries h, which a quasi-LSTM never reads),
+and `forward` returns it so the next chunk of the same streams continues from it. No
+positional embedding (the recurrence knows the order); the embedding is scaled by √d_model;
+final LayerNorm and an untied output layer. Initialisation as Languini's and the GPT
+baseline's: N(0, 0.02) weights, zero biases, the MLP's output projection at 0.02/√(2·layers).
 
 Heads: the recurrence is per channel, so a head is a grouping of channels with no effect on
-the function; `n_head` is kept so the sizes read like Languini's and GPT's.
+the function; only the width n_head · head_dim matters.
 
 Three implementations of the recurrence share one interface (see `reference.py`); `scan`
 in the config picks one, and "auto" takes the fastest available: the Triton kernels on CUDA,
@@ -34,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from baselines.gpt.model import MLP, init_weights
+from baselines.gpt.model import MLP, init_weights, resolve_head_dim
 from languini.errors import UserError
 
 ScanFn = Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
@@ -48,14 +51,19 @@ class QLSTMConfig:
     n_layer: int = 12
     d_model: int = 768
     n_head: int = 12
+    head_dim: int | None = None  # None: d_model // n_head
     dropout: float = 0.0
     scan: str = "auto"  # auto | reference | block | triton
 
     def __post_init__(self) -> None:
         if self.scan not in ("auto", *SCANS):
             raise UserError(f"Unknown qLSTM scan '{self.scan}' (use auto, {', '.join(SCANS)}).")
-        if self.d_model % self.n_head:
-            raise UserError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}.")
+        self.head_dim = resolve_head_dim(self.d_model, self.n_head, self.head_dim)
+
+    @property
+    def width(self) -> int:
+        """Channels of the gates and the recurrence."""
+        return self.n_head * self.head_dim
 
 
 def pick_scan(choice: str, device: torch.device) -> str:
@@ -85,18 +93,17 @@ class QuasiLSTM(nn.Module):
 
     def __init__(self, cfg: QLSTMConfig) -> None:
         super().__init__()
-        self.gates = nn.Linear(cfg.d_model, 4 * cfg.d_model)  # f, i, z, o
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.proj.residual = True
-        # The forget gate's +1 is added to the bias vector, not to the (B, T, 4, d) gate
+        self.gates = nn.Linear(cfg.d_model, 4 * cfg.width)  # f, i, z, o
+        self.proj = nn.Linear(cfg.width, cfg.d_model)
+        # The forget gate's +1 is added to the bias vector, not to the (B, T, 4, width) gate
         # tensor: the same function without an extra pass over the largest activation.
-        offset = torch.zeros(4, cfg.d_model)
+        offset = torch.zeros(4, cfg.width)
         offset[0] = 1.0
         self.register_buffer("gate_offset", offset.flatten(), persistent=False)
 
     def forward(self, x: torch.Tensor, c0: torch.Tensor | None, scan: ScanFn) -> tuple[torch.Tensor, torch.Tensor]:
-        B, T, D = x.shape
-        pre = F.linear(x, self.gates.weight, self.gates.bias + self.gate_offset).view(B, T, 4, D)
+        B, T, _ = x.shape
+        pre = F.linear(x, self.gates.weight, self.gates.bias + self.gate_offset).view(B, T, 4, -1)
         h, c = scan(pre, c0)
         return self.proj(h), c
 
@@ -160,10 +167,10 @@ class QLSTM(nn.Module):
         """Training FLOPs per token: 6 per weight (forward + backward) plus the recurrence.
 
         6·N for the matrix weights as for GPT (the embedding is a lookup, not a matmul), and
-        30·layers·d_model for the elementwise recurrence: about 10 operations per channel
+        30·layers·width for the elementwise recurrence: about 10 operations per channel
         forward (four activations, the state update, tanh, the output gate), twice that
         backward. No term grows with `seq_len`: a recurrent step costs the same anywhere.
         """
         c = self.config
         matmul_params = self.num_params() - self.tok_emb.weight.numel()
-        return 6.0 * matmul_params + 30.0 * c.n_layer * c.d_model
+        return 6.0 * matmul_params + 30.0 * c.n_layer * c.width
