@@ -54,3 +54,24 @@ def test_batch_must_divide_into_micro_batches():
 def test_unknown_training_keys_are_errors():
     with pytest.raises(UserError, match="momentum"):
         train_config({"momentum": 0.9}, {})
+
+
+def test_adamw_without_decay_steps_as_languinis_adam():
+    """projects/*/main.py: torch.optim.Adam(lr, betas=(0.9, 0.95), eps=1e-08); ours is AdamW with
+    weight_decay 0 from the size's recipe. Same gradients, same parameters after every step."""
+    fam = load_family("qlstm")
+    cfg, train = fam.config("nano", vocab_size=64)
+    tcfg = train_config(train, {"weight_decay": 0.0, "grad_clip": 0.0})
+    torch.manual_seed(0)
+    ours = fam.build(cfg)
+    theirs = fam.build(cfg)
+    theirs.load_state_dict(ours.state_dict())
+    opts = make_optimizer(ours, tcfg), torch.optim.Adam(theirs.parameters(), lr=tcfg.lr, betas=(0.9, 0.95), eps=1e-8)
+    x = torch.randint(0, 64, (2, 33), generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        for model, opt in zip((ours, theirs), opts):
+            logits, _ = model(x[:, :-1])
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten()).backward()
+            opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
