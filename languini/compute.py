@@ -38,6 +38,11 @@ class ComputeClass:
     reference: str  # a device key of devices.toml, "local", or "flops"
     flops: float | None = None
 
+    @property
+    def uses_throughput(self) -> bool:
+        """Whether the measured tokens/s sets the budget (hours do; FLOPs buy tokens by parameters)."""
+        return self.reference != FLOPS
+
 
 def classes_dir() -> Path:
     """`compute_classes/` of this checkout, or $LANGUINI_CLASSES_DIR."""
