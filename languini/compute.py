@@ -26,6 +26,7 @@ from typing import Any
 
 from languini.errors import UserError
 from languini.io import read_toml
+from languini import packaged
 
 LOCAL = "local"
 FLOPS = "flops"
@@ -45,9 +46,9 @@ class ComputeClass:
 
 
 def classes_dir() -> Path:
-    """`compute_classes/` of this checkout, or $LANGUINI_CLASSES_DIR."""
+    """$LANGUINI_CLASSES_DIR (a folder of the user's class files), else the shipped `compute_classes/`."""
     env = os.environ.get("LANGUINI_CLASSES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "compute_classes"
+    return Path(env) if env else packaged.data_dir("compute_classes")
 
 
 def _parse_class(entry: dict[str, Any], path: Path) -> ComputeClass:
