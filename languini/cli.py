@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from languini.errors import UserError
 from languini.io import to_json
+
+if TYPE_CHECKING:
+    from languini.throughput import Stability
 
 
 class Group(click.Group):
@@ -331,6 +334,23 @@ def data_doremi(data_dir: Path, family: str, config_name: str, class_name: str, 
     emit(as_json, report, describe(report))
 
 
+stability_options = _stacked(
+    click.option("--allow-noisy", is_flag=True,
+                 help="Certify a throughput whose step times never got steady (a busy machine), marked noisy; "
+                      "`submit` then fails its stability check."),
+    click.option("--spread-tolerance", default=0.10, show_default=True,
+                 help="Largest spread (p90/p10 − 1) of a round's step times that certifies."),
+    click.option("--max-rounds", default=5, show_default=True,
+                 help="Rounds of timed steps to wait for a steady one before calling the machine busy."),
+)
+
+
+def _stability(allow_noisy: bool, spread_tolerance: float, max_rounds: int) -> Stability:
+    from languini.throughput import Stability
+
+    return Stability(spread_tolerance, max_rounds, allow_noisy)
+
+
 # --- mixes ------------------------------------------------------------------------------
 
 
@@ -351,10 +371,12 @@ def mix() -> None:
               help="Train mixes selected under another tokenizer than their data's anyway (with a warning).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Folder for the runs, compare.json and compare.png; finished runs in it are reused.")
+@stability_options
 @progress_option
 @json_option
 def mix_compare(mixes: tuple[Path, ...], family: str, config_name: str, class_name: str, data_dir: Path | None,
-                seeds: int, any_tokenizer: bool, out: Path, progress: bool, as_json: bool) -> None:
+                seeds: int, any_tokenizer: bool, out: Path, allow_noisy: bool, spread_tolerance: float,
+                max_rounds: int, progress: bool, as_json: bool) -> None:
     """Train one run per MIX spec (and seed) at the same token budget and compare test bits/byte.
 
     All runs share one throughput certificate (so one budget) and one test split (the mixes'
@@ -366,7 +388,7 @@ def mix_compare(mixes: tuple[Path, ...], family: str, config_name: str, class_na
     from languini.mixes import compare, comparison_markdown
 
     table = compare(list(mixes), family, config_name, class_name, out, seeds, data_dir, progress, any_tokenizer,
-                    warn=lambda m: click.echo(m, err=True))
+                    stability=_stability(allow_noisy, spread_tolerance, max_rounds))
     emit(as_json, table, comparison_markdown(table) + f"\ntable: {out / 'compare.json'}, figure: {out / 'compare.png'}")
 
 
@@ -418,27 +440,37 @@ def _train_overrides(**kwargs: Any) -> dict[str, Any]:
               "own process) and certify the fastest.")
 @click.option("--max-batch-size", default=256, show_default=True, help="Where a sweep stops if memory does not.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the certificate here.")
+@stability_options
 @progress_option
 @json_option
 def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None,
-                   device: str, compile_: bool, precision: str | None, data_dir: Path | None,
-                   vocab_size: int | None, warmup: int, steps: int, sweep: bool, max_batch_size: int, out: Path | None, progress: bool,
-                   as_json: bool) -> None:
+                   device: str, compile_: bool, precision: str | None, data_dir: Path | None, vocab_size: int | None,
+                   warmup: int, steps: int, sweep: bool, max_batch_size: int, out: Path | None, allow_noisy: bool,
+                   spread_tolerance: float, max_rounds: int, progress: bool, as_json: bool) -> None:
     """Measure training tokens/s (a full step on random tokens) and write a certificate.
 
     The certificate records the model, its config hash, device, software versions, batch,
     dtype, compile mode, every timed step, median and p10/p90, peak memory and MFU; `train
     --throughput FILE` and `budget --throughput FILE` read the budget from it.
+
+    Steps are timed in rounds of --steps until a round's spread (p90/p10 − 1) is within
+    --spread-tolerance; if --max-rounds pass without one, the machine is busy and the
+    measurement is refused (or, with --allow-noisy, certified marked noisy). Every round and
+    the machine's load are recorded.
     """
+    from dataclasses import asdict
+
     from languini import throughput
     from languini.data.loader import PreparedData
     from languini.family import load_family
     from languini.io import atomic_write_json
+    from languini.throughput import load_text
 
     if warmup < 0 or steps < 1:
         raise UserError("--warmup must be >= 0 and --steps >= 1.")
     vocab = PreparedData(data_dir).vocab_size if data_dir else vocab_size
     request = {"family": load_family(family).name, "config": config_name, "warmup": warmup, "steps": steps,
+               "stability": asdict(_stability(allow_noisy, spread_tolerance, max_rounds)),
                "model_overrides": {"vocab_size": vocab} if vocab else {},
                "train_overrides": _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size,
                                                    device=device, compile_=compile_, precision=precision)}
@@ -450,7 +482,9 @@ def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_
         atomic_write_json(out, cert)
     lines = [f"{family}/{config_name} on {cert['device']}: {cert['tokens_per_second']:,.0f} tokens/s "
              f"(p10 {cert['tokens_per_second_p10']:,.0f}, p90 {cert['tokens_per_second_p90']:,.0f}; "
-             f"batch {cert['batch_size']} × {cert['seq_len']}, median of {steps} steps)"]
+             f"batch {cert['batch_size']} × {cert['seq_len']}, median of {steps} steps)",
+             f"spread {cert['spread']:.1%} (p90/p10) in round {len(cert['rounds'])}, {load_text(cert['load'])}"
+             + ("; NOISY: certified with --allow-noisy" if cert["noisy"] else "")]
     if cert["mfu"] is not None:
         lines.append(f"MFU {100 * cert['mfu']:.1f}% of {cert['peak_flops']:.3g} FLOP/s")
     for row in cert.get("sweep", []):
@@ -474,10 +508,12 @@ def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_
 @click.option("--warmup", default=3, show_default=True)
 @click.option("--steps", default=10, show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Calibration file to write.")
+@stability_options
 @progress_option
 @json_option
 def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str, compile_: bool, precision: str,
-                  warmup: int, steps: int, out: Path, progress: bool, as_json: bool) -> None:
+                  warmup: int, steps: int, out: Path, allow_noisy: bool, spread_tolerance: float, max_rounds: int,
+                  progress: bool, as_json: bool) -> None:
     """Time the yardstick here to convert this device's budgets to the reference's.
 
     The device factor is the reference's yardstick tokens/s (devices.toml: Languini Kitchen's
@@ -487,7 +523,8 @@ def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str
     from languini.io import atomic_write_json
     from languini.throughput import calibrate
 
-    cal = calibrate(reference, config_name, batch_size, device, compile_, warmup, steps, progress, precision)
+    cal = calibrate(reference, config_name, batch_size, device, compile_, warmup, steps, progress, precision,
+                    _stability(allow_noisy, spread_tolerance, max_rounds))
     atomic_write_json(out, cal)
     y = cal["yardstick"]
     emit(as_json, cal, f"{cal['device']}: GPT {config_name} at {y['local_tokens_per_second']:,.0f} tokens/s; "
@@ -592,19 +629,24 @@ def _charged(b: Any) -> str:
 @click.option("--resume", "resume_", is_flag=True,
               help="Continue the run in --out from its newest good checkpoint (refused if the config or data changed).")
 @click.option("--force", is_flag=True, help="Replace an existing run directory (with --resume: accept changes).")
+@stability_options
 @progress_option
 @json_option
 def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None, device: str,
               compile_: bool, precision: str | None, data_dir: Path | None, class_name: str, out: Path, mix_path: Path | None,
               any_tokenizer: bool, cert_path: Path | None,
               calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
-              eval_every: int | None, log_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool, progress: bool,
-              as_json: bool) -> None:
+              eval_every: int | None, log_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool,
+              allow_noisy: bool, spread_tolerance: float, max_rounds: int, progress: bool, as_json: bool) -> None:
     """Measure throughput, train exactly the class's token budget, evaluate on the test split.
 
     Checkpoints go to OUT/checkpoints every --checkpoint-every; Ctrl-C or SIGTERM finishes the
     step, checkpoints and stops; `languini resume OUT` (or the same command with --resume)
     continues, bit for bit as if never interrupted.
+
+    For a class in hours the budget rests on the measured tokens/s, so a busy machine's
+    measurement (or a certificate marked noisy) stops training unless --allow-noisy; a FLOP
+    class's budget does not depend on it, so its one round of timing never stops training.
     """
     from languini import trainer
     from languini.mixes import load_mix
@@ -622,9 +664,9 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
     mix = load_mix(mix_path) if mix_path else None
     p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert,
                      _calibration(calibration_path, device_factor), progress, mix, any_tokenizer,
-                     warn=lambda m: click.echo(m, err=True))
+                     stability=_stability(allow_noisy, spread_tolerance, max_rounds))
     if resume_:
-        result = trainer.resume(out, p, force, progress, warn=lambda m: click.echo(m, err=True))
+        result = trainer.resume(out, p, force, progress)
         if result is not None:
             emit(as_json, result, _summary(result, out))
         return
@@ -666,7 +708,7 @@ def resume_cmd(run_dir: Path, progress: bool, as_json: bool) -> None:
     """
     from languini import trainer
 
-    result = trainer.resume(run_dir, progress=progress, warn=lambda m: click.echo(m, err=True))
+    result = trainer.resume(run_dir, progress=progress)
     if result is not None:
         emit(as_json, result, _summary(result, run_dir))
 
@@ -743,7 +785,8 @@ def submit_cmd(run_dir: Path, out: Path, as_json: bool) -> None:
 
     \b
     Checks: the run finished; the certificate's rate is what its own step times give; it
-    measured the config that was trained; the budget recomputed from it is the one trained;
+    measured the config that was trained; it is not marked noisy (for a class in hours, whose
+    budget rests on it); the budget recomputed from it is the one trained;
     training stopped within one step of it; the test metrics cover the whole test split; no
     metric is NaN. Every failed check is named. The bundle holds the run's config,
     certificate, budget, metrics and result, the data manifest, and their checksums.

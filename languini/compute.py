@@ -27,6 +27,7 @@ from typing import Any
 from languini.device import precision_of_dtype_name
 from languini.errors import UserError
 from languini.io import read_toml
+from languini import packaged
 
 LOCAL = "local"
 FLOPS = "flops"
@@ -39,11 +40,16 @@ class ComputeClass:
     reference: str  # a device key of devices.toml, "local", or "flops"
     flops: float | None = None
 
+    @property
+    def uses_throughput(self) -> bool:
+        """Whether the measured tokens/s sets the budget (hours do; FLOPs buy tokens by parameters)."""
+        return self.reference != FLOPS
+
 
 def classes_dir() -> Path:
-    """`compute_classes/` of this checkout, or $LANGUINI_CLASSES_DIR."""
+    """$LANGUINI_CLASSES_DIR (a folder of the user's class files), else the shipped `compute_classes/`."""
     env = os.environ.get("LANGUINI_CLASSES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "compute_classes"
+    return Path(env) if env else packaged.data_dir("compute_classes")
 
 
 def _parse_class(entry: dict[str, Any], path: Path) -> ComputeClass:

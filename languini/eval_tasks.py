@@ -27,9 +27,10 @@ import yaml
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.io import atomic_dir
+from languini import packaged
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
-"""The repository's task folder: task YAMLs, and the templates generated tasks include."""
+TASKS_DIR = packaged.data_dir("eval") / "tasks"
+"""The shipped task folder: task YAMLs, and the templates generated tasks include."""
 
 ROLLING, CLOZE = "languini_rolling", "languini_cloze"
 TEMPLATES = {ROLLING: "_rolling_template_yaml", CLOZE: "_cloze_template_yaml"}
@@ -154,7 +155,8 @@ def make_tasks(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = 
     out = Path(out_dir if out_dir is not None else default_out_dir(data.path)).resolve()
     missing = [name for name in TEMPLATES.values() if not (TASKS_DIR / name).is_file()]
     if missing:
-        raise UserError(f"The task templates {', '.join(missing)} are missing from {TASKS_DIR}; they come with the repository.")
+        raise UserError(f"The task templates {', '.join(missing)} are missing from {TASKS_DIR}; they ship with "
+                        "languini: reinstall it.")
     docs = documents(data, split)
     examples = cloze_examples(docs, cloze)
     if not examples:

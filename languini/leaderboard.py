@@ -110,6 +110,19 @@ def _check_certificate(e: Entry) -> None:
         e.fail("config-hash", f"the certificate measured config {cert.get('config_hash')}, the run trained {trained}")
 
 
+def _check_stability(e: Entry) -> None:
+    """A budget in hours rests on the measured rate: a busy machine's (noisy) one does not count."""
+    from languini.throughput import noisy_reason
+
+    try:
+        cls = get_class(e.files["budget.json"]["compute_class"])
+    except (UserError, KeyError):
+        return  # the budget check names an unknown class
+    reason = noisy_reason(e.files["throughput.json"])
+    if reason and cls.uses_throughput:
+        e.fail("stability", f"the certificate is marked noisy ({reason}), and the budget was bought with it")
+
+
 def _check_budget(e: Entry) -> None:
     cert, budget, result = e.files["throughput.json"], e.files["budget.json"], e.result
     try:
@@ -172,6 +185,7 @@ def check(path: str | Path) -> Entry:
         return e
     _check_checksums(e)
     _check_certificate(e)
+    _check_stability(e)
     _check_budget(e)
     _check_evaluation(e)
     return e

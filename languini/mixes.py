@@ -30,10 +30,13 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from languini.errors import UserError
+from languini.errors import UserError, to_stderr
 from languini.io import read_toml
+
+if TYPE_CHECKING:
+    from languini.throughput import Stability
 
 KEYS = {"name", "data", "max_epochs", "weights", "dedup", "selection"}
 DEDUP_TYPES = {"scope": str, "threshold": float, "ngram": int, "num_perm": int, "decontaminate": bool,
@@ -175,7 +178,8 @@ def _mean_spread(values: list[float]) -> dict[str, float]:
 
 def compare(mix_paths: list[str | Path], family: str, config: str, class_name: str, out_dir: str | Path,
             seeds: int = 1, data_dir: str | Path | None = None, progress: bool = True,
-            any_tokenizer: bool = False, warn: Any = print) -> dict[str, Any]:
+            any_tokenizer: bool = False, warn: Callable[[str], None] = to_stderr,
+            stability: Stability | None = None) -> dict[str, Any]:
     """Train every mix (× seed) at one compute class and one certificate; tabulate test bits/byte.
 
     One throughput certificate serves every run, so every run gets the same token budget (less
@@ -184,6 +188,7 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
     are reused. Writes `compare.json` and the figure `compare.png` into `out_dir`.
     """
     from languini import throughput, trainer
+    from languini.compute import get_class
     from languini.data.loader import PreparedData
     from languini.family import load_family
     from languini.io import atomic_write_bytes, atomic_write_json, read_json
@@ -191,6 +196,7 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
 
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
+    stability = stability or throughput.Stability()
     mixes = [load_mix(p) for p in mix_paths]
     names = [m.name for m in mixes]
     if len(set(names)) != len(names):
@@ -214,7 +220,8 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
         model_cfg, defaults = fam.config(config, vocab_size=first.vocab_size)
         from languini.config import train_config
 
-        cert = throughput.measure(fam, config, model_cfg, train_config(defaults, {}), progress=progress)
+        cert = throughput.measure(fam, config, model_cfg, train_config(defaults, {}), progress=progress,
+                                  stability=stability.for_class(get_class(class_name)))
         atomic_write_json(cert_path, cert)
     runs: dict[str, list[dict[str, Any]]] = {}
     for mix in mixes:
@@ -222,7 +229,7 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
             run = out_dir / f"{mix.name}-seed{seed}"
             result_path = run / "result.json"
             p = trainer.plan(family, config, datas[mix.name].path, class_name, {"seed": seed}, cert,
-                             progress=progress, mix=mix, any_tokenizer=any_tokenizer, warn=warn)
+                             progress=progress, mix=mix, any_tokenizer=any_tokenizer, warn=warn, stability=stability)
             if result_path.exists():
                 result = read_json(result_path, "Run result")
                 if (result.get("mix_details") or {}).get("digest") != p.mix.digest():

@@ -6,6 +6,11 @@ compile settings. Warm-up steps run untimed (compilation, autotuning, allocator 
 happen there); each timed step is synchronised with the device (CUDA events on GPU,
 perf_counter on CPU) and the median is reported with its p10/p90 spread.
 
+Other work on the machine makes steps slower and unsteady, and a rate measured then would
+silently shrink every budget bought with it. So steps are timed in rounds until the last
+round is steady (`Stability`); one that never gets steady is refused, or certified marked
+`noisy` where the user allows it. The certificate keeps every round and the machine's load.
+
 `sweep` grows the batch size until the device runs out of memory, each size in its own
 subprocess so an out-of-memory error cannot poison the next measurement; the best batch size
 sets the budget (Languini Kitchen's rule).
@@ -15,10 +20,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,7 +35,7 @@ from tqdm import tqdm
 
 from languini import __version__
 from languini import device as devices
-from languini.compute import find_device
+from languini.compute import ComputeClass, find_device
 from languini.config import TrainConfig, train_config
 from languini.errors import UserError
 from languini.family import Family, config_hash, load_family
@@ -74,8 +82,83 @@ def peak_flops(device_name: str) -> float | None:
     return float(found[1]["peak_flops"]) if found and "peak_flops" in found[1] else None
 
 
+@dataclass(frozen=True)
+class Stability:
+    """When timed steps are steady enough to certify.
+
+    Rounds of timed steps run until the last round's spread (p90/p10 − 1 of its step times)
+    is within `tolerance`, or `max_rounds` rounds have run. A last round still unsteady is
+    refused unless `allow_noisy`, which certifies it marked noisy.
+    """
+
+    tolerance: float = 0.10
+    max_rounds: int = 5
+    allow_noisy: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.tolerance >= 0 and math.isfinite(self.tolerance)) or self.max_rounds < 1:
+            raise UserError("The spread tolerance must be a number >= 0 and the rounds at least 1.")
+
+    def for_class(self, cls: ComputeClass) -> "Stability":
+        """A FLOP class's budget does not depend on tokens/s: one round, never refused."""
+        return self if cls.uses_throughput else replace(self, max_rounds=1, allow_noisy=True)
+
+
+def _round(times: list[float], tokens_per_step: int) -> dict[str, Any]:
+    p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
+    return {"step_times": times, "step_time_p10": p10, "step_time_median": median, "step_time_p90": p90,
+            "spread": p90 / p10 - 1, "tokens_per_second": tokens_per_step / median}
+
+
+def other_gpu_processes(dev: torch.device) -> list[dict[str, Any]] | None:
+    """Other processes on this GPU as nvidia-smi shows them; None where it cannot be seen
+    (no CUDA, no nvidia-smi). A container may hide other tenants' processes."""
+    smi = shutil.which("nvidia-smi")
+    if dev.type != "cuda" or smi is None:
+        return None
+    query = [smi, "--query-compute-apps=gpu_uuid,pid,process_name,used_memory", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    uuid = str(torch.cuda.get_device_properties(dev).uuid)
+    rows = [[f.strip() for f in line.split(",")] for line in out.splitlines() if line.strip()]
+    return [{"pid": int(pid), "name": name, "memory_mib": int(mem) if mem.isdigit() else None}
+            for gpu, pid, name, mem in (r for r in rows if len(r) == 4)
+            if gpu.removeprefix("GPU-") == uuid.removeprefix("GPU-") and pid.isdigit() and int(pid) != os.getpid()]
+
+
+def machine_load(dev: torch.device) -> dict[str, Any]:
+    """What else was running when the measurement ended."""
+    return {"cpu_load_average": list(os.getloadavg()), "cpu_count": os.cpu_count(),
+            "gpu_processes": other_gpu_processes(dev)}
+
+
+def load_text(load: dict[str, Any]) -> str:
+    gpu = load.get("gpu_processes")
+    return (f"load average {load['cpu_load_average'][0]:.1f} on {load['cpu_count']} CPUs"
+            + (f", {len(gpu)} other process(es) on the GPU" if gpu else ""))
+
+
+def noisy_reason(cert: dict[str, Any]) -> str | None:
+    """Why a certificate is marked noisy (None if it is not): what submit and train name."""
+    if not cert.get("noisy"):
+        return None
+    return (f"its step times spread by {cert['spread']:.1%} (p90/p10) in the last of {len(cert['rounds'])} "
+            f"rounds, over the {cert['tolerance']:.1%} tolerance, at {load_text(cert['load'])}")
+
+
+def check_stable(cert: dict[str, Any], cls: ComputeClass, stability: Stability) -> None:
+    """A certificate marked noisy buys an hours budget only when noise is allowed again."""
+    reason = noisy_reason(cert)
+    if reason and cls.uses_throughput and not stability.allow_noisy:
+        raise UserError(f"The throughput certificate is marked noisy ({reason}), and class '{cls.name}' "
+                        "buys tokens by it; measure again on a quieter machine, or pass --allow-noisy.")
+
+
 def measure(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig, warmup: int = 3,
-            steps: int = 10, progress: bool = True) -> dict[str, Any]:
+            steps: int = 10, progress: bool = True, stability: Stability = Stability()) -> dict[str, Any]:
+    """Time `steps` steps per round until a round is steady (see `Stability`); certify the last."""
     from languini.trainer import Trainable  # the same step training runs
 
     if warmup < 0 or steps < 1:
@@ -89,17 +172,32 @@ def measure(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig,
     y = torch.randint(0, model_cfg.vocab_size, (B, T), generator=gen)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    times: list[float] = []
-    for i in tqdm(range(warmup + steps), desc="throughput", disable=not progress, leave=False):
+    bar = tqdm(total=warmup + steps, desc="throughput", disable=not progress, leave=False)
+
+    def timed() -> float:
         devices.synchronize(dev)
         with _Timer(dev) as timer:
             trainable.step(x, y, lr=tcfg.lr)
-        if i >= warmup:
-            times.append(timer.seconds)
-    p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
+        bar.update()
+        return timer.seconds
+
+    for _ in range(warmup):
+        timed()
+    rounds = [_round([timed() for _ in range(steps)], B * T)]
+    while rounds[-1]["spread"] > stability.tolerance and len(rounds) < stability.max_rounds:
+        bar.total += steps
+        rounds.append(_round([timed() for _ in range(steps)], B * T))
+    bar.close()
+    last, load = rounds[-1], machine_load(dev)
+    noisy = last["spread"] > stability.tolerance
+    if noisy and not stability.allow_noisy:
+        raise UserError(f"The machine is busy: the step times of the last of {len(rounds)} measuring rounds spread "
+                        f"by {last['spread']:.1%} (p90/p10), over the {stability.tolerance:.1%} tolerance, at "
+                        f"{load_text(load)}; measure on a quieter machine, or pass --allow-noisy to certify it "
+                        "marked noisy.")
     model = trainable.model
     name = devices.name(dev)
-    tps = B * T / median
+    tps = last["tokens_per_second"]
     flops = model.flops_per_token(T)
     peak = peak_flops(name)
     return {
@@ -121,13 +219,18 @@ def measure(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig,
         "compile": tcfg.compile,
         "warmup_steps": warmup,
         "measured_steps": steps,
-        "step_times": times,
-        "step_time_median": median,
-        "step_time_p10": p10,
-        "step_time_p90": p90,
+        "step_times": last["step_times"],
+        "step_time_median": last["step_time_median"],
+        "step_time_p10": last["step_time_p10"],
+        "step_time_p90": last["step_time_p90"],
         "tokens_per_second": tps,
-        "tokens_per_second_p10": B * T / p90,
-        "tokens_per_second_p90": B * T / p10,
+        "tokens_per_second_p10": B * T / last["step_time_p90"],
+        "tokens_per_second_p90": B * T / last["step_time_p10"],
+        "spread": last["spread"],
+        "tolerance": stability.tolerance,
+        "noisy": noisy,
+        "rounds": rounds,
+        "load": load,
         "flops_per_token": flops,
         "peak_flops": peak,
         "mfu": tps * flops / peak if peak else None,
@@ -149,7 +252,8 @@ def measure_request(request: dict[str, Any], progress: bool = False) -> dict[str
     family = load_family(request["family"])
     model_cfg, defaults = family.config(request["config"], **request.get("model_overrides", {}))
     tcfg = train_config(defaults, request.get("train_overrides", {}))
-    return measure(family, request["config"], model_cfg, tcfg, request["warmup"], request["steps"], progress)
+    return measure(family, request["config"], model_cfg, tcfg, request["warmup"], request["steps"], progress,
+                   Stability(**request.get("stability", {})))
 
 
 def _worker_env() -> dict[str, str]:
@@ -166,7 +270,7 @@ def _run_worker(request: dict[str, Any]) -> dict[str, Any] | None:
     if proc.returncode == OOM_EXIT:
         return None
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
         raise UserError(f"The throughput measurement at batch size {request['train_overrides']['batch_size']} "
                         f"failed: {last}")
     return json.loads(proc.stdout)
@@ -216,7 +320,8 @@ if __name__ == "__main__":
 
 
 def calibrate(reference: str, config: str, batch_size: int, device: str = "auto", compile: bool = False,
-              warmup: int = 3, steps: int = 10, progress: bool = True, precision: str = "auto") -> dict[str, Any]:
+              warmup: int = 3, steps: int = 10, progress: bool = True, precision: str = "auto",
+              stability: Stability = Stability()) -> dict[str, Any]:
     """Time the yardstick (a GPT training step at seq 512) here; the factor converts to `reference`.
 
     device_factor = yardstick tokens/s on the reference (devices.toml) ÷ measured here, so that
@@ -226,7 +331,7 @@ def calibrate(reference: str, config: str, batch_size: int, device: str = "auto"
     from languini.compute import reference_yardstick
 
     ref_tps = reference_yardstick(reference, config)
-    request = {"family": "gpt", "config": config, "warmup": warmup, "steps": steps,
+    request = {"family": "gpt", "config": config, "warmup": warmup, "steps": steps, "stability": asdict(stability),
                "train_overrides": {"batch_size": batch_size, "device": device, "compile": compile,
                                    "precision": precision}}
     cert = measure_request(request, progress)

@@ -18,7 +18,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,10 +30,11 @@ from languini.compute import Budget, budget_from_certificate, certificate_precis
 from languini.config import RunConfig, TrainConfig, train_config
 from languini.distributed import World, any_rank, barrier, broadcast, gather, main_only, mean, world
 from languini.data.loader import MixedStreams, PreparedData, StreamBatches
-from languini.errors import UserError
+from languini.errors import UserError, to_stderr
 from languini.family import Family, config_hash, load_family, make_dataclass_strict
 from languini.mixes import Mix, train_domain_tokens
 from languini.run import RunDir
+from languini.throughput import Stability, check_stable, measure
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -172,16 +173,17 @@ def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg
 def plan(family_name: str, config_name: str, data_dir: str | Path | None, class_name: str,
          train_overrides: dict[str, Any], certificate: dict[str, Any] | None = None,
          calibration: dict[str, Any] | None = None, progress: bool = True, mix: Mix | None = None,
-         any_tokenizer: bool = False, warn: Any = print) -> Plan:
+         any_tokenizer: bool = False, warn: Callable[[str], None] = to_stderr,
+         stability: Stability = Stability()) -> Plan:
     """Resolve model, data, mix, certificate (measured now unless given) and budget; write nothing
     to the run.
 
     A mix that names its data trains on it (`data_dir` may then be None, or the same folder); a
     mix with a [dedup] table trains on that data deduplicated (made once beside it, then
     reused); a mix selected under another tokenizer is refused unless `any_tokenizer`, and a
-    charged selection's cost comes out of the budget."""
-    from languini import throughput
-
+    charged selection's cost comes out of the budget. A measurement too unsteady for
+    `stability` is refused (or, given, a certificate marked noisy) where the class's budget
+    depends on it."""
     family = load_family(family_name)
     data = PreparedData(_data_of(data_dir, mix))
     if mix is not None and mix.dedup is not None:
@@ -200,18 +202,32 @@ def plan(family_name: str, config_name: str, data_dir: str | Path | None, class_
     tcfg = train_config(defaults, train_overrides)
     tcfg.micro()
     if certificate is None:
-        w = world()  # throughput is measured on one device, as the protocol says
-        if w.is_main:
-            certificate = throughput.measure(family, config_name, model_cfg, tcfg, progress=progress)
-        certificate = broadcast(certificate, w)
+        certificate = _measured_on_main(family, config_name, model_cfg, tcfg, stability.for_class(cls), progress)
     else:
         check_certificate(certificate, family, model_cfg, tcfg)
+        check_stable(certificate, cls, stability)
     budget = budget_from_certificate(cls, certificate, calibration=calibration, charge=mix.charge() if mix else None)
     if mix is not None:
         by_domain = train_domain_tokens(data)
         mix = mix.resolve(by_domain)
         mix.check_supply(by_domain, budget.tokens_trained)
     return Plan(family, config_name, model_cfg, tcfg, data, certificate, budget, mix)
+
+
+def _measured_on_main(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig, stability: Stability,
+                      progress: bool) -> dict[str, Any]:
+    """Rank 0 measures (on one device, as the protocol says); its refusal stops every rank."""
+    w = world()
+    measured: dict[str, Any] | str | None = None
+    if w.is_main:
+        try:
+            measured = measure(family, config_name, model_cfg, tcfg, progress=progress, stability=stability)
+        except UserError as e:
+            measured = str(e)
+    measured = broadcast(measured, w)
+    if isinstance(measured, str):
+        raise UserError(measured)
+    return measured
 
 
 def _data_of(data_dir: str | Path | None, mix: Mix | None) -> str | Path:
@@ -372,7 +388,7 @@ def differences(a: dict[str, str], b: dict[str, str]) -> list[str]:
 
 
 def resume(run_path: str | Path, new: Plan | None = None, force: bool = False, progress: bool = True,
-           warn: Any = print) -> dict[str, Any]:
+           warn: Callable[[str], None] = to_stderr) -> dict[str, Any]:
     """Continue a run from its newest good checkpoint; a changed config or dataset needs force."""
     run = RunDir.open(run_path)
     if run.result.exists():
@@ -386,6 +402,8 @@ def resume(run_path: str | Path, new: Plan | None = None, force: bool = False, p
         changed = differences(state["identity"], identity(p))
         if changed and not force:
             raise UserError(f"The run's {', '.join(changed)} changed since its checkpoint; pass --force to resume anyway.")
+        if changed and world().is_main:
+            warn(f"warning: the run's {', '.join(changed)} changed since its checkpoint; resuming anyway (--force).")
         return _run(run, p, state, progress)
 
 

@@ -8,6 +8,10 @@ from click.testing import CliRunner
 WORDS = ("the cat sat on a mat while dogs ran past the old red barn and birds sang of rain "
          "over hills where quiet rivers meet green fields under a pale morning sky").split()
 
+ANY_LOAD = ("--allow-noisy", "--max-rounds", "1")
+"""Throughput options for tests that need a certificate, not a steady machine: the suite runs
+on shared machines, and the stability guard has tests of its own (test_stability.py)."""
+
 
 def tiny_corpus(path, n_docs=400, seed=0):
     rng = random.Random(seed)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import invoke
+from helpers import ANY_LOAD, invoke
 
 
 @dataclass
@@ -58,7 +58,7 @@ def config_file(tmp_path):
 def test_outside_model_goes_through_throughput_train_eval_submit(trained, config_file, tmp_path, test_classes):
     cert = tmp_path / "cert.json"
     invoke("throughput", "--family", FAMILY, "--config", config_file, "--data", trained["data"], "--steps", 2,
-           "--warmup", 1, "--out", cert, "--no-progress")
+           "--warmup", 1, "--out", cert, "--no-progress", *ANY_LOAD)
     run = tmp_path / "run"
     r = json.loads(invoke("train", "--family", FAMILY, "--config", config_file, "--data", trained["data"],
                           "--class", "test-1e9", "--throughput", cert, "--out", run, "--no-progress", "--json"))
@@ -71,7 +71,7 @@ def test_outside_model_goes_through_throughput_train_eval_submit(trained, config
 def test_sweep_stops_at_out_of_memory_and_certifies_the_best(config_file, tmp_path):
     config_file.write_text(config_file.read_text().replace("vocab_size = 256\n", "vocab_size = 256\noom_above_batch = 4\n"))
     cert = json.loads(invoke("throughput", "--family", FAMILY, "--config", config_file, "--sweep",
-                             "--steps", 2, "--warmup", 0, "--no-progress", "--json"))
+                             "--steps", 2, "--warmup", 0, "--no-progress", "--json", *ANY_LOAD))
     rows = cert["sweep"]
     assert [r["batch_size"] for r in rows] == [1, 2, 4, 8]
     assert [r["status"] for r in rows] == ["ok", "ok", "ok", "out of memory"]
