@@ -306,7 +306,7 @@ def row(e: Entry) -> dict[str, Any]:
             "bits_per_byte": test.get("bits_per_byte"), "char_perplexity": test.get("char_perplexity"),
             "device": r.get("device"), "mix": r.get("mix"), "selection": selection_cost(r),
             "evaluation_identity": e.identity.digest if e.identity else None,
-            "verified": e.verified is not None}
+            "dataset": e.identity.dataset if e.identity else None, "verified": e.verified is not None}
 
 
 @dataclass
