@@ -779,8 +779,10 @@ def lm_eval_cmd(args: tuple[str, ...]) -> None:
 @main.command("submit")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The bundle folder to write.")
+@click.option("--no-weights", is_flag=True, help="Leave the final weights out of the bundle; it records their "
+              "sha256 and size, and `verify --weights` takes them from the run directory or a file.")
 @json_option
-def submit_cmd(run_dir: Path, out: Path, as_json: bool) -> None:
+def submit_cmd(run_dir: Path, out: Path, no_weights: bool, as_json: bool) -> None:
     """Check a finished run and write a submission bundle.
 
     \b
@@ -789,13 +791,14 @@ def submit_cmd(run_dir: Path, out: Path, as_json: bool) -> None:
     budget rests on it); the budget recomputed from it is the one trained;
     training stopped within one step of it; the test metrics cover the whole test split; no
     metric is NaN. Every failed check is named. The bundle holds the run's config,
-    certificate, budget, metrics and result, the data manifest, and their checksums.
+    certificate, budget, metrics and result, the data manifest, the final weights (weights.pt,
+    and their digest in weights.json), and their checksums.
     """
     from languini.leaderboard import submit
 
     if out.exists():
         raise UserError(f"{out} already exists; choose a new bundle folder.")
-    report = submit(run_dir, out)
+    report = submit(run_dir, out, weights=not no_weights)
     emit(as_json, report, f"all checks passed; bundle written to {out}")
 
 
@@ -803,14 +806,50 @@ def submit_cmd(run_dir: Path, out: Path, as_json: bool) -> None:
 @click.argument("entries", nargs=-1, required=True, type=click.Path(path_type=Path))
 @json_option
 def leaderboard_cmd(entries: tuple[Path, ...], as_json: bool) -> None:
-    """One table per compute class from bundles or run directories, best first.
+    """Tables from bundles or run directories: one per test set and compute class, best first.
 
-    Each entry is checked as `submit` checks it; invalid ones are listed apart with reasons.
+    Results are ranked only against results with the same evaluation identity (the hash of the
+    test split's text and the evaluation protocol); each table is headed by the dataset's name
+    and the identity's first digits. Each entry is checked as `submit` checks it, and its
+    bits-per-byte, token and character perplexity must follow from one NLL sum; invalid entries
+    and entries whose identity cannot be found are listed apart with reasons. Entries that
+    `languini verify` re-scored from their weights are marked verified.
     """
     from languini.leaderboard import leaderboard, markdown
 
     board = leaderboard(list(entries))
     emit(as_json, board, markdown(board))
+
+
+@main.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path),
+              help="The prepared dataset to re-score on: its test text must be the run's.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="The weights, where the bundle carries none: a run directory or a saved state dict.")
+@click.option("--batch-size", default=64, show_default=True, help="Windows per forward pass (as in training).")
+@click.option("--device", default="auto", show_default=True)
+@progress_option
+@json_option
+def verify_cmd(bundle: Path, data_dir: Path, weights: Path | None, batch_size: int, device: str, progress: bool,
+               as_json: bool) -> None:
+    """Re-run a bundle's test evaluation from its weights and compare every metric.
+
+    The model is rebuilt from the bundle's config and weights (checked against their recorded
+    digest) and scored on DATA's test split, which must have the run's evaluation identity.
+    Every test metric must match result.json to 1e-6 relative on CPU (1e-3 where a GPU
+    evaluated). The outcome is written into the bundle as verified.json, which the leaderboard
+    shows; a mismatch exits with status 1.
+    """
+    from languini.verify import verify
+
+    report = verify(bundle, data_dir, weights, device, batch_size, progress)
+    prose = (f"verified: every test metric of {bundle} reproduced within {report['rtol']:g} relative "
+             f"({report['device']}); recorded in {bundle / 'verified.json'}" if report["passed"] else
+             f"verification failed for {bundle}: " + "; ".join(report["mismatches"]) + ".")
+    emit(as_json, report, prose)
+    if not report["passed"]:
+        sys.exit(1)
 
 
 # --- scaling laws -----------------------------------------------------------------------

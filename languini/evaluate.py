@@ -22,15 +22,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from languini import device as devices
+from languini.data.identity import STREAMS, dataset_name, default_stride, identity_of
 from languini.data.loader import PreparedData, TokenStream
 from languini.distributed import World, sum_arrays
 from languini.errors import UserError
 from languini.family import load_family, make_dataclass_strict
 from languini.run import RunDir
 
-STREAMS = 16
-"""Stateful models read the split as this many streams, each starting from a zero state.
-Part of the protocol, not a speed setting: more streams means less context at their starts."""
 
 
 @dataclass
@@ -57,18 +55,27 @@ class RunModel:
     device: torch.device
 
 
-def load_run_model(run_path: str | os.PathLike, device: str = "auto") -> RunModel:
-    """Rebuild a run's model from config.toml and its last checkpoint; refuse changed data."""
+def load_run_model(run_path: str | os.PathLike, device: str = "auto", data: PreparedData | None = None,
+                   weights: dict[str, torch.Tensor] | None = None) -> RunModel:
+    """Rebuild a run's model from config.toml and its last checkpoint; refuse changed data.
+
+    A reviewer re-scoring a submission bundle (which has no checkpoint, and names data on
+    another machine) passes the bundle's `weights` and the `data` to score on instead; the
+    caller then answers for that data being the right one."""
     run = RunDir.open(run_path)
     cfg = run.read_config()
     family = load_family(cfg.family)
     model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
-    data = PreparedData(cfg.data)
-    if data.fingerprint != cfg.data_fingerprint:
-        raise UserError(f"The data at {cfg.data} is not the data this run trained on (fingerprint differs).")
+    if data is None:
+        data = PreparedData(cfg.data)
+        if data.fingerprint != cfg.data_fingerprint:
+            raise UserError(f"The data at {cfg.data} is not the data this run trained on (fingerprint differs).")
     dev = devices.resolve(device)
     model = family.build(model_cfg)
-    model.load_state_dict(run.load_checkpoint()["model"])
+    try:
+        model.load_state_dict(run.load_checkpoint()["model"] if weights is None else weights)
+    except RuntimeError as e:
+        raise UserError(f"The weights do not fit the model that {run.path}'s config builds ({e}).".replace("\n", " ")) from None
     return RunModel(run, cfg.family, model.to(dev).eval(), model_cfg.seq_len, data, dev)
 
 
@@ -174,6 +181,17 @@ def _metrics(nll_sum: float, n_tokens: int, n_bytes: int, n_chars: int, n_correc
     return out
 
 
+def implied_nll_sums(metrics: dict) -> dict[str, float]:
+    """The summed NLL that each reported metric implies, `_metrics` read backwards: bits per
+    byte, token and character perplexity of one scoring all come from one sum, so these agree
+    unless a number was changed after it was computed."""
+    return {
+        "bits_per_byte": metrics["bits_per_byte"] * math.log(2) * metrics["bytes"],
+        "token_perplexity": math.log(metrics["token_perplexity"]) * metrics["tokens"],
+        "char_perplexity": math.log(metrics["char_perplexity"]) * metrics["chars"],
+    }
+
+
 @dataclass(frozen=True)
 class SplitText:
     """What the metrics divide by: each document's decoded bytes and characters, and domains."""
@@ -187,13 +205,10 @@ class SplitText:
     @classmethod
     def load(cls, data: PreparedData, split: str, tokens: np.ndarray) -> "SplitText":
         docs = data.documents(split)
-        tok = data.tokenizer
         n_docs = len(docs.offsets) - 1
         doc_bytes = np.zeros(n_docs, dtype=np.int64)
         doc_chars = np.zeros(n_docs, dtype=np.int64)
-        for i in range(n_docs):
-            ids = tokens[docs.offsets[i] : docs.offsets[i + 1]]
-            text = tok.decode([int(t) for t in ids if t != tok.eod_id])
+        for i, text in enumerate(data.texts(split)):
             doc_bytes[i], doc_chars[i] = len(text.encode("utf-8")), len(text)
         target_doc = np.searchsorted(docs.offsets, np.arange(1, len(tokens)), side="right") - 1
         return cls(data.domains, docs.domains, doc_bytes, doc_chars, target_doc)
@@ -225,7 +240,7 @@ def score_model(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: t
     model.eval()
     if getattr(model, "stateful", False):
         return score_streams(model, tokens, seq_len, STREAMS, dev, progress, world)
-    return score_windows(model, tokens, seq_len, stride or max(1, seq_len // 4), batch_size, dev, progress, world)
+    return score_windows(model, tokens, seq_len, stride or default_stride(seq_len), batch_size, dev, progress, world)
 
 
 def evaluate_run(run_path, split: str = "test", batch_size: int = 64, stride: int | None = None,
@@ -234,22 +249,32 @@ def evaluate_run(run_path, split: str = "test", batch_size: int = 64, stride: in
 
     Under torchrun the scoring is sharded over ranks and summed; rank 0 returns the metrics,
     the others None."""
-    rm = load_run_model(run_path, device)
+    return evaluate_model(load_run_model(run_path, device), split, batch_size, stride, progress, world)
+
+
+def evaluate_model(rm: RunModel, split: str = "test", batch_size: int = 64, stride: int | None = None,
+                   progress: bool = False, world: World = World()) -> dict | None:
+    """`evaluate_run` on a model already loaded. A test evaluation under the fixed protocol
+    also names its evaluation identity and dataset, which say what it may be compared with."""
     model, data, dev, seq_len = rm.model, rm.data, rm.device, rm.seq_len
     tokens = data.stream(split).all()
-    stride = stride or max(1, seq_len // 4)
+    stride = stride or default_stride(seq_len)
     scores = score_model(model, tokens, seq_len, dev, batch_size, stride, progress, world)
     if not world.is_main:
         return None
     unigram = score_unigram(unigram_counts(data.stream("train"), data.vocab_size), tokens)
     text = SplitText.load(data, split, tokens)
     metrics = summarize(scores, text)
+    stateful = getattr(model, "stateful", False)
     metrics["protocol"] = {
         "split": split,
         "whole_split": True,
-        "method": "carried-state streams" if getattr(model, "stateful", False) else "sliding windows",
+        "method": "carried-state streams" if stateful else "sliding windows",
         "seq_len": seq_len,
-        "stride": None if getattr(model, "stateful", False) else stride,
-        "streams": STREAMS if getattr(model, "stateful", False) else None,
+        "stride": None if stateful else stride,
+        "streams": STREAMS if stateful else None,
     }
-    return {split: metrics, "unigram_bits_per_byte": summarize(unigram, text)["bits_per_byte"]}
+    out = {split: metrics, "unigram_bits_per_byte": summarize(unigram, text)["bits_per_byte"]}
+    if split == "test" and (stateful or stride == default_stride(seq_len)):
+        out.update(evaluation_identity=identity_of(data), dataset=dataset_name(data.manifest, data.path))
+    return out

@@ -5,7 +5,13 @@ verifies that from the files alone: the certificate is self-consistent (its rate
 own step times say), it measured the config that was trained, the budget recomputed from it
 is the one trained, training stopped within one step of it, the test evaluation covered the
 whole test split under the fixed protocol, and no metric is NaN. A bundle is those files
-plus the data manifest and their checksums, so a leaderboard can re-check it anywhere.
+plus the data manifest, the final weights and their checksums, so a leaderboard can re-check
+it anywhere, and `languini verify` can re-score it.
+
+Results are ranked only against results with the same evaluation identity (the test text and
+protocol, see `languini.data.identity`) in the same compute class: one table per pair. The
+reported metrics must agree with each other and with the split's counts, and an entry that a
+reviewer re-scored from its weights (`verified.json`, written by `languini verify`) says so.
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from languini.compute import budget_from_certificate, get_class
 from languini.config import load_run_config
+from languini.data.identity import SHORT, STREAMS, Identified, default_stride, identify_result
 from languini.errors import UserError
 from languini.family import config_hash, load_family, make_dataclass_strict
 from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json
 from languini.mixes import cost_text, selection_cost
+from languini.verify import bundle_weights, verification_status
 
 FILES = ("config.toml", "throughput.json", "budget.json", "metrics.jsonl", "result.json")
 BUNDLE_SCHEMA = 1
@@ -35,9 +43,21 @@ class Entry:
     path: Path
     files: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    identity: Identified | None = None
+    verified: dict[str, Any] | None = None  # the verification record, where one holds
 
     def fail(self, check: str, why: str) -> None:
         self.problems.append(f"{check}: {why}")
+
+    @property
+    def run(self) -> str:
+        """The bundle's or run folder's name: what tells two rows of one model apart."""
+        return self.path.absolute().name
+
+    @property
+    def rankable(self) -> bool:
+        """Valid, and its evaluation identity known: it can go into a table."""
+        return not self.problems and self.identity is not None and self.identity.digest is not None
 
     @property
     def result(self) -> dict[str, Any]:
@@ -163,6 +183,74 @@ def _check_evaluation(e: Entry) -> None:
         e.fail("evaluation", f"scored {test.get('tokens')} test tokens, the whole split has {expected}")
     if any(not math.isfinite(v) for v in _numbers(e.result)):
         e.fail("metrics", "result.json holds a NaN or infinite number")
+        return
+    _check_metrics_agree(e, test, manifest["splits"]["test"])
+    _check_identity(e, manifest)
+
+
+AGREEMENT_RTOL = 1e-9  # the metrics are one float64 sum divided by integer counts
+
+
+def _check_metrics_agree(e: Entry, test: dict[str, Any], split: dict[str, Any]) -> None:
+    """Bits per byte, token and character perplexity come from one NLL sum and the split's
+    counts, which the manifest fixes; the domains' sums and counts add up to the whole."""
+    counts = {"bytes": split.get("bytes"), "chars": split.get("chars")}
+    for key, expected in counts.items():
+        if test.get(key) != expected:
+            e.fail("metrics", f"the test metrics count {test.get(key)} {key}, the test split has {expected}")
+    try:
+        sums = {"total": _agreeing_sum(e, "test", test)}
+        for domain, m in (test.get("by_domain") or {}).items():
+            sums[domain] = _agreeing_sum(e, f"test domain {domain}", m)
+            manifest_domain = (split.get("by_domain") or {}).get(domain) or {}
+            for key in counts:
+                if m.get(key) != manifest_domain.get(key):
+                    e.fail("metrics", f"domain {domain} counts {m.get(key)} {key}, the test split has "
+                           f"{manifest_domain.get(key)}")
+        domains = list((test.get("by_domain") or {}).values())
+        if domains:
+            for key in ("tokens", "bytes", "chars"):
+                if sum(m[key] for m in domains) != test[key]:
+                    e.fail("metrics", f"the domains' {key} do not add up to the split's")
+            parts = sum(v for k, v in sums.items() if k != "total")
+            if not math.isclose(parts, sums["total"], rel_tol=AGREEMENT_RTOL):
+                e.fail("metrics", f"the domains' NLL sums add up to {parts:.6f}, the whole split's is "
+                       f"{sums['total']:.6f}")
+    except (KeyError, TypeError, ValueError) as err:
+        e.fail("metrics", f"the test metrics are incomplete ({err})")
+
+
+def _agreeing_sum(e: Entry, where: str, m: dict[str, Any]) -> float:
+    """The NLL sum that `m`'s metrics imply, after naming any metric that implies another."""
+    from languini.evaluate import implied_nll_sums
+
+    sums = implied_nll_sums(m)
+    base = sums["bits_per_byte"]
+    for name in ("token_perplexity", "char_perplexity"):
+        if not math.isclose(sums[name], base, rel_tol=AGREEMENT_RTOL):
+            e.fail("metrics", f"{where}: {name} {m[name]} implies an NLL sum of {sums[name]:.6f} nats, "
+                   f"bits_per_byte {m['bits_per_byte']} implies {base:.6f}; they come from one sum and must agree")
+    correct = m.get("accuracy", 0) * m["tokens"]
+    if not 0 <= m.get("accuracy", 0) <= 1 or abs(correct - round(correct)) > 1e-6:
+        e.fail("metrics", f"{where}: accuracy {m.get('accuracy')} is no count of right guesses out of {m['tokens']}")
+    return base
+
+
+def _check_identity(e: Entry, manifest: dict[str, Any]) -> None:
+    """Find the entry's evaluation identity; the result and its manifest must not disagree on
+    it, and the result must have been scored under the protocol the identity names."""
+    e.identity = identify_result(e.result, manifest)
+    recorded, listed = e.result.get("evaluation_identity"), manifest.get("evaluation_identity")
+    if recorded and listed and recorded != listed:
+        e.fail("evaluation", f"result.json names evaluation identity {recorded[:10]}, its data manifest "
+               f"{listed[:10]}")
+    protocol = (e.result.get("test") or {}).get("protocol") or {}
+    if protocol.get("streams") is not None:
+        if protocol["streams"] != STREAMS:
+            e.fail("evaluation", f"scored as {protocol['streams']} streams, the protocol says {STREAMS}")
+    elif isinstance(protocol.get("seq_len"), int) and protocol.get("stride") != default_stride(protocol["seq_len"]):
+        e.fail("evaluation", f"scored with stride {protocol.get('stride')}, the protocol says "
+               f"{default_stride(protocol['seq_len'])}")
 
 
 def _check_checksums(e: Entry) -> None:
@@ -174,9 +262,19 @@ def _check_checksums(e: Entry) -> None:
             e.fail("checksums", f"{name} does not match its checksum")
 
 
+def _check_verification(e: Entry) -> None:
+    e.verified, why = verification_status(e.path)
+    if why:
+        e.fail("verify", why)
+
+
 def check(path: str | Path) -> Entry:
-    """Every submission check on a run directory or bundle; the entry lists what failed."""
+    """Every submission check on a run directory or bundle; the entry lists what failed.
+
+    A path that does not exist is a mistake on the command line, not an entry: it is refused."""
     e = Entry(Path(path))
+    if not e.path.exists():
+        raise UserError(f"{e.path} does not exist.")
     if not e.path.is_dir():
         e.fail("finished", f"{e.path} is not a folder")
         return e
@@ -188,11 +286,15 @@ def check(path: str | Path) -> Entry:
     _check_stability(e)
     _check_budget(e)
     _check_evaluation(e)
+    _check_verification(e)
     return e
 
 
-def submit(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
-    """Check a finished run and write its bundle; refuse, naming every failed check."""
+def submit(run_dir: str | Path, out: str | Path, weights: bool = True) -> dict[str, Any]:
+    """Check a finished run and write its bundle; refuse, naming every failed check.
+
+    The bundle carries the final weights (`weights=False`: only their digest and size), so a
+    reviewer can re-score it with `languini verify`."""
     e = check(run_dir)
     if (e.path / "checksums.json").exists():
         raise UserError(f"{e.path} is already a bundle.")
@@ -203,47 +305,98 @@ def submit(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
         for name in FILES:
             shutil.copy2(e.path / name, tmp / name)
         (tmp / "data_manifest.json").write_text(to_json(manifest))
+        record = bundle_weights(e.path, tmp, include=weights)
         sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         atomic_write_json(tmp / "checksums.json", sums)
-    return {"bundle": str(out), "schema": BUNDLE_SCHEMA, "files": sums, "checks": "all passed"}
+    return {"bundle": str(out), "schema": BUNDLE_SCHEMA, "files": sums, "weights": record, "checks": "all passed"}
 
 
 def row(e: Entry) -> dict[str, Any]:
     r = e.result
     test = r.get("test") or {}
-    return {"path": str(e.path), "family": r.get("family"), "config": r.get("config"), "params": r.get("params"),
-            "compute_class": r.get("compute_class"), "tokens_trained": r.get("tokens_trained"),
-            "reference_hours": r.get("reference_hours"), "bits_per_byte": test.get("bits_per_byte"),
-            "char_perplexity": test.get("char_perplexity"), "device": r.get("device"),
-            "mix": r.get("mix"), "selection": selection_cost(r)}
+    return {"run": e.run, "path": str(e.path), "family": r.get("family"), "config": r.get("config"),
+            "params": r.get("params"), "compute_class": r.get("compute_class"),
+            "tokens_trained": r.get("tokens_trained"), "reference_hours": r.get("reference_hours"),
+            "bits_per_byte": test.get("bits_per_byte"), "char_perplexity": test.get("char_perplexity"),
+            "device": r.get("device"), "mix": r.get("mix"), "selection": selection_cost(r),
+            "evaluation_identity": e.identity.digest if e.identity else None,
+            "dataset": e.identity.dataset if e.identity else None, "verified": e.verified is not None}
+
+
+@dataclass
+class Group:
+    """One leaderboard table: the entries scored on one test text under one protocol, in one
+    compute class, best (lowest test bits-per-byte) first. Tables are never ranked together."""
+
+    evaluation_identity: str
+    compute_class: str
+    datasets: list[str]
+    rows: list[dict[str, Any]]
+
+    @property
+    def short(self) -> str:
+        return self.evaluation_identity[:SHORT]
+
+    @property
+    def heading(self) -> str:
+        return f"{self.compute_class} · {', '.join(self.datasets)} (evaluation {self.short})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"evaluation_identity": self.evaluation_identity, "short": self.short,
+                "dataset": ", ".join(self.datasets), "compute_class": self.compute_class, "heading": self.heading,
+                "rows": self.rows}
+
+
+def load_entries(paths: Iterable[str | Path]) -> list[Entry]:
+    """Every entry checked; a path that does not exist stops it all (see `check`)."""
+    return [check(path) for path in paths]
+
+
+def group_entries(entries: Iterable[Entry]) -> list[Group]:
+    """The rankable entries as one table per (evaluation identity, compute class), ordered by
+    dataset and class; the others are `invalid_entries` and `unidentified_entries`."""
+    groups: dict[tuple[str, str], list[Entry]] = {}
+    for e in entries:
+        if e.rankable:
+            groups.setdefault((e.identity.digest, e.result["compute_class"]), []).append(e)  # type: ignore[union-attr]
+    tables = [Group(identity, cls, sorted({e.identity.dataset for e in members}),  # type: ignore[union-attr]
+                    sorted((row(e) for e in members), key=lambda r: r["bits_per_byte"]))
+              for (identity, cls), members in groups.items()]
+    return sorted(tables, key=lambda g: (g.datasets, g.compute_class, g.evaluation_identity))
+
+
+def invalid_entries(entries: Iterable[Entry]) -> list[dict[str, Any]]:
+    return [{"run": e.run, "path": str(e.path), "reasons": e.problems} for e in entries if e.problems]
+
+
+def unidentified_entries(entries: Iterable[Entry]) -> list[dict[str, Any]]:
+    """Valid entries whose evaluation identity cannot be found: listed apart, with why."""
+    return [{**row(e), "reason": e.identity.how} for e in entries  # type: ignore[union-attr]
+            if not e.problems and not e.rankable]
 
 
 def leaderboard(paths: list[str | Path]) -> dict[str, Any]:
-    """Valid entries grouped by class, best (lowest test bits-per-byte) first; invalid apart."""
-    classes: dict[str, list[dict[str, Any]]] = {}
-    invalid = []
-    for path in paths:
-        e = check(path)
-        if e.problems:
-            invalid.append({"path": str(e.path), "reasons": e.problems})
-        else:
-            classes.setdefault(e.result["compute_class"], []).append(row(e))
-    for rows in classes.values():
-        rows.sort(key=lambda r: r["bits_per_byte"])
-    return {"classes": classes, "invalid": invalid}
+    """Tables per evaluation identity and class, best first; invalid and unidentified apart."""
+    entries = load_entries(paths)
+    return {"groups": [g.to_dict() for g in group_entries(entries)], "invalid": invalid_entries(entries),
+            "unidentified": unidentified_entries(entries)}
 
 
 def markdown(board: dict[str, Any]) -> str:
     out = []
-    for name, rows in board["classes"].items():
-        out += [f"### {name}", "", "| # | model | params | tokens | reference-hours | test bits/byte | char ppl | device "
-                "| data selection |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
-        for i, r in enumerate(rows, 1):
-            out.append(f"| {i} | {r['family']}/{r['config']} | {r['params']:,} | {r['tokens_trained']:,} | "
+    for group in board["groups"]:
+        out += [f"### {group['heading']}", "", "| # | run | model | params | tokens | reference-hours | test bits/byte "
+                "| char ppl | device | data selection | verified |", "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+        for i, r in enumerate(group["rows"], 1):
+            out.append(f"| {i} | {r['run']} | {r['family']}/{r['config']} | {r['params']:,} | {r['tokens_trained']:,} | "
                        f"{r['reference_hours'] or 0:.4g} | {r['bits_per_byte']:.4f} | {r['char_perplexity']:.3f} | "
-                       f"{r['device']} | {cost_text(r['selection'])} |")
+                       f"{r['device']} | {cost_text(r['selection'])} | {'yes' if r['verified'] else '–'} |")
+        out.append("")
+    if board["unidentified"]:
+        out += ["### Entries of unknown evaluation identity (not ranked)", ""]
+        out += [f"- `{x['run']}` ({x['path']}): {x['reason']}" for x in board["unidentified"]]
         out.append("")
     if board["invalid"]:
         out += ["### Invalid entries", ""]
-        out += [f"- `{x['path']}`: " + "; ".join(x["reasons"]) for x in board["invalid"]]
+        out += [f"- `{x['run']}` ({x['path']}): " + "; ".join(x["reasons"]) for x in board["invalid"]]
     return "\n".join(out) if out else "No entries."

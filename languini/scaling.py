@@ -157,6 +157,7 @@ def read_inputs(paths: Sequence[Path], group_by: str = "family", metric: str = "
         raise UserError(f"--group-by takes one of {', '.join(GROUP_BY)}, got '{group_by}'.")
     if metric not in METRICS:
         raise UserError(f"--metric takes one of {', '.join(METRICS)}, got '{metric}'.")
+    check_one_evaluation([Path(p) for p in paths if (Path(p) / "result.json").is_file()])
     points: list[Point] = []
     runs = 0
     for path in map(Path, paths):
@@ -177,6 +178,23 @@ def read_inputs(paths: Sequence[Path], group_by: str = "family", metric: str = "
                         "fit them separately.")
     unit = compute_unit or (f"reference-hours ({references[0]})" if references else "reference-hours")
     return Inputs(points, unit, METRICS[metric][0] if runs else "loss")
+
+
+def check_one_evaluation(runs: Sequence[Path]) -> None:
+    """Refuse runs scored on different test text or protocol (different evaluation
+    identities): their losses do not lie on one curve. Runs none of whose identities can be
+    found are let through, as tables are; one that cannot be found among ones that can is not."""
+    from languini.data.identity import identify_run
+
+    found = {run: identify_run(run) for run in runs}
+    by_identity: dict[str | None, list[str]] = {}
+    for run, ident in found.items():
+        by_identity.setdefault(ident.digest, []).append(f"{run.name} ({ident.dataset})")
+    if len(by_identity) > 1:
+        named = "; ".join(f"{digest[:10] if digest else 'unknown'}: {', '.join(names)}"
+                          for digest, names in by_identity.items())
+        raise UserError(f"The runs were scored on different test sets or protocols (evaluation identities "
+                        f"{named}); fit runs of one evaluation identity together.")
 
 
 def _run_point(folder: Path, group_by: str, metric: str) -> Point:

@@ -17,8 +17,9 @@ from languini.errors import UserError
 
 FAST = dict(workers=1, progress=False)
 MANIFEST_KEYS = {
-    "format", "languini_version", "created", "fingerprint", "sources", "split_fractions", "settings", "domains",
-    "tokenizer", "dtype", "splits", "bad_lines_skipped", "invalid_utf8_replaced", "empty_documents_skipped",
+    "format", "languini_version", "created", "fingerprint", "evaluation_identity", "sources", "split_fractions",
+    "settings", "domains", "tokenizer", "dtype", "splits", "bad_lines_skipped", "invalid_utf8_replaced",
+    "empty_documents_skipped",
 }  # fmt: skip
 
 

@@ -77,8 +77,10 @@ def test_a_charged_mix_competes_at_equal_compute(world, pruned):
     # the submission check recomputes the charged budget from the certificate and the charge
     invoke("submit", out / "ppl-seed0", "--out", world["tmp"] / "bundle")
     board = json.loads(invoke("leaderboard", world["tmp"] / "bundle", "--json"))
-    assert not board["invalid"] and board["classes"]["sel-train"][0]["tokens_trained"] == rows["ppl"]["tokens"]
-    assert board["classes"]["sel-train"][0]["selection"] == sel  # the selection's cost beside every result
+    (group,) = board["groups"]
+    assert not board["invalid"] and group["compute_class"] == "sel-train"
+    assert group["rows"][0]["tokens_trained"] == rows["ppl"]["tokens"]
+    assert group["rows"][0]["selection"] == sel  # the selection's cost beside every result
     assert "perplexity: " in invoke("leaderboard", world["tmp"] / "bundle") and "(charged)" in printed
     summary = invoke("train", "--family", "gpt", "--config", world["model"], "--class", "sel-train", "--mix",
                      world["tmp"] / "ppl.toml", "--throughput", out / "throughput.json", "--out", world["tmp"] / "one",

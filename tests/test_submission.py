@@ -27,8 +27,10 @@ def test_a_good_run_submits_and_leads(trained, tmp_path):
     assert set(report["files"]) >= {"result.json", "throughput.json", "budget.json", "data_manifest.json"}
     board = json.loads(invoke("leaderboard", tmp_path / "bundle", "--json"))
     assert board["invalid"] == []
-    assert board["classes"]["flops-3e11"][0]["family"] == "gpt"
-    assert "### flops-3e11" in invoke("leaderboard", tmp_path / "bundle")
+    (group,) = board["groups"]
+    assert group["compute_class"] == "flops-3e11" and group["rows"][0]["family"] == "gpt"
+    assert group["rows"][0]["run"] == "bundle"
+    assert "### flops-3e11 · data (evaluation " in invoke("leaderboard", tmp_path / "bundle")
 
 
 def test_a_raised_rate_is_caught(run_copy, tmp_path):
@@ -74,7 +76,7 @@ def test_a_bundle_edited_after_submission_is_listed_apart(trained, tmp_path):
     invoke("submit", trained["run"], "--out", tmp_path / "bundle")
     edit_json(tmp_path / "bundle" / "result.json", lambda r: r["test"].update(bits_per_byte=0.5))
     board = json.loads(invoke("leaderboard", tmp_path / "bundle", trained["run"], "--json"))
-    assert len(board["classes"]["flops-3e11"]) == 1
+    assert [len(g["rows"]) for g in board["groups"]] == [1]
     assert "checksums: result.json" in board["invalid"][0]["reasons"][0]
     assert "Invalid entries" in invoke("leaderboard", tmp_path / "bundle")
 

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from languini.data.identity import identity_of
 from languini.data.loader import PreparedData, TokenStream
 from languini.data.minhash import MIN_NUM_PERM, MinHasher, Signed, folded, linked_pairs, lsh_params, representatives, s_curve, sign
 from languini.data.executors import executor, run_tasks
@@ -371,7 +372,7 @@ def copy_unchanged(parent: PreparedData, folder: Path) -> None:
         shutil.copy2(parent.path / model, folder / model)
 
 
-STAMPS = ("format", "languini_version", "created", "fingerprint")
+STAMPS = ("format", "languini_version", "created", "fingerprint", "evaluation_identity")
 PROVENANCE = ("parent", "dedup", "selection")  # what a derived dataset says about where it came from
 
 
@@ -379,12 +380,13 @@ def child_manifest(parent: PreparedData, train: dict[str, Any], kind: str, setti
     """The parent's manifest with the new train split, a `parent` entry, the `kind` entry
     (`dedup`, or `selection`) holding `settings`, and a fingerprint of its own. The parent's own
     provenance entries are dropped (its fingerprint leads to them), and where the parent lies
-    is not part of what the dataset is."""
+    is not part of what the dataset is. The test split is the parent's, and so is the evaluation
+    identity."""
     body = {key: value for key, value in parent.manifest.items() if key not in STAMPS + PROVENANCE}
     body["splits"] = {**body["splits"], "train": train}
     body["parent"] = {"fingerprint": parent.fingerprint}
     body[kind] = settings
-    manifest = stamp(body)
+    manifest = stamp(body, identity_of(parent))
     manifest["parent"]["path"] = str(parent.path.resolve())
     return manifest
 

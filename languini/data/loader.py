@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -67,11 +67,12 @@ class Documents:
 class PreparedData:
     """A folder written by `languini data prepare` (see DESIGN.md, "Prepared data")."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, manifest: dict[str, Any] | None = None) -> None:
+        """`manifest` stands in for the folder's own while it is being written."""
         self.path = Path(path)
         if not self.path.is_dir():
             raise UserError(f"Prepared data folder not found: {self.path}")
-        self.manifest: dict[str, Any] = read_json(self.path / "manifest.json", "Data manifest")
+        self.manifest: dict[str, Any] = manifest or read_json(self.path / "manifest.json", "Data manifest")
 
     @property
     def fingerprint(self) -> str:
@@ -87,9 +88,9 @@ class PreparedData:
 
     @cached_property
     def tokenizer(self):
-        from languini.data.tokenizer import load_tokenizer
+        from languini.data.tokenizer import open_tokenizer
 
-        return load_tokenizer(self.path)
+        return open_tokenizer(self.manifest["tokenizer"], self.path)
 
     def _check_split(self, split: str) -> dict[str, Any]:
         if split not in self.manifest["splits"]:
@@ -115,6 +116,12 @@ class PreparedData:
             path = self.path / shard["file"]
             if not path.exists() or sha256_file(path) != shard["sha256"]:
                 raise UserError(f"Shard {path} does not match its checksum in the manifest; prepare the data again.")
+
+    def texts(self, split: str) -> Iterator[str]:
+        """Each document of a split decoded, in stream order: the text its metrics count."""
+        docs, stream, tok = self.documents(split), self.stream(split), self.tokenizer
+        for lo, hi in zip(docs.offsets[:-1].tolist(), docs.offsets[1:].tolist()):
+            yield tok.decode(stream.read(lo, hi - lo))  # decode drops the end-of-document id
 
     def documents(self, split: str) -> Documents:
         self._check_split(split)

@@ -28,6 +28,8 @@ from tqdm import tqdm
 
 from languini import __version__
 from languini.data.executors import Executor, executor, run_tasks
+from languini.data.identity import compute_identity
+from languini.data.loader import PreparedData
 from languini.data.shards import DEFAULT_SHARD_TOKENS, DocInfo, EncodedBatch, SplitWriter, token_dtype
 from languini.data.sources import ReadOptions, Source, parse_source, read_tasks
 from languini.data.tokenizer import Tokenizer, check_tokenizer_name, make_tokenizer, needs_training, open_tokenizer
@@ -102,7 +104,7 @@ def prepare(
             tqdm.write(f"training a {vocab_size}-piece SentencePiece BPE on {sample.size / 1e6:.2f} MB of train text", file=sys.stderr)
         tok = make_tokenizer(tokenizer, tmp, vocab_size=vocab_size, sample=sample.texts() if sample else (), seed=seed)
         splits = write_splits(corpus, tok, tmp, shard_tokens, pool, workers, progress)
-        manifest = build_manifest(request, corpus, tok, splits)
+        manifest = build_manifest(request, corpus, tok, splits, tmp)
         check_out(out, request, manifest["fingerprint"], force)
         atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
@@ -272,7 +274,9 @@ def encode_records(entry: dict[str, Any], folder: Path, split: str, records: lis
     return EncodedBatch(split, tokens, lengths, [DocInfo(r[1], r[2], r[4], len(r[0])) for r in records])
 
 
-def build_manifest(request: dict[str, Any], corpus: Corpus, tok: Tokenizer, splits: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(request: dict[str, Any], corpus: Corpus, tok: Tokenizer, splits: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The manifest of the dataset written in `folder`; its evaluation identity is read back
+    from the test split just written, so it is the text that will be scored."""
     body = {
         **request,
         "domains": sorted(corpus.domains),
@@ -283,16 +287,20 @@ def build_manifest(request: dict[str, Any], corpus: Corpus, tok: Tokenizer, spli
         "invalid_utf8_replaced": corpus.replaced,
         "empty_documents_skipped": corpus.empty,
     }
-    return stamp(body)
+    return stamp(body, compute_identity(PreparedData(folder, body)))
 
 
-def stamp(body: dict[str, Any]) -> dict[str, Any]:
-    """A manifest: the body behind its format, version, creation time and fingerprint."""
+def stamp(body: dict[str, Any], evaluation_identity: str) -> dict[str, Any]:
+    """A manifest: the body behind its format, version, creation time, fingerprint and
+    evaluation identity. The identity stays outside the fingerprint: it follows from the test
+    shards and tokenizer the fingerprint covers (and the protocol), so a new protocol version
+    does not make the same data a different dataset."""
     return {
         "format": FORMAT,
         "languini_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "fingerprint": fingerprint(body),
+        "evaluation_identity": evaluation_identity,
         **body,
     }
 

@@ -29,12 +29,10 @@ def document_table(parent: PreparedData, progress: bool) -> DocTable:
     """Decode every train document once for its byte and character counts (the manifest's
     per-domain statistics of the new split are sums of them)."""
     docs = parent.documents("train")
-    stream, tok = parent.stream("train"), parent.tokenizer
     n = len(docs.ids)
     n_bytes, n_chars = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
-    for i in tqdm(range(n), desc="read", unit=" docs", disable=not progress, file=sys.stderr):
-        lo, hi = int(docs.offsets[i]), int(docs.offsets[i + 1])
-        text = tok.decode(stream.read(lo, hi - lo))
+    texts = parent.texts("train")
+    for i, text in enumerate(tqdm(texts, total=n, desc="read", unit=" docs", disable=not progress, file=sys.stderr)):
         n_bytes[i], n_chars[i] = len(text.encode("utf-8")), len(text)
     return DocTable(docs.offsets, docs.domains, docs.ids, n_bytes, n_chars)
 
