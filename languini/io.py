@@ -43,7 +43,7 @@ def _first_existing(path: Path) -> Path:
 
 def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
     """Refuse, before any work is done, a `path` that cannot be written: a file where a folder
-    must be (or a folder where a file must be), or a place without write permission."""
+    must be (or a folder where a file must be), or a place that takes no new files."""
     path = Path(path)
     want, other = ("folder", "file") if folder else ("file", "folder")
     if path.exists() and path.is_dir() != folder:
@@ -51,8 +51,12 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
     ancestor = _first_existing(path.parent)
     if not ancestor.is_dir():
         raise UserError(f"Cannot write {path}: {ancestor} is a file, not a folder.")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise UserError(f"Cannot write {path}: no permission to write in {ancestor}.")
+    try:  # a real write: permissions say nothing to root, and nothing of read-only file systems
+        fd, probe = tempfile.mkstemp(prefix=".languini-probe-", dir=ancestor)
+    except OSError as e:
+        raise UserError(f"Cannot write {path}: {ancestor} takes no new files ({e.strerror}).") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _cannot_write(path: Path, e: OSError, folder: bool = False) -> UserError:
