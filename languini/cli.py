@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ class Group(click.Group):
 
 
 def emit(as_json: bool, obj: Any, prose: str) -> None:
+    """The result on stdout; its `warnings` (a result that may not mean anything) also on stderr."""
+    for warning in obj.get("warnings", []) if isinstance(obj, dict) else []:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(to_json(obj) if as_json else prose, nl=not as_json)
 
 
@@ -56,8 +60,18 @@ def _writable(folder: bool) -> Any:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def _quiet_libraries(ctx: click.Context, param: click.Parameter, progress: bool) -> bool:
+    """--no-progress silences the bars of the libraries a command drives too (datasets'
+    "Generating test split"), in this process and in the workers it starts."""
+    if not progress:
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+    return progress
+
+
 progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
-                               help="Progress bars on stderr.")
+                               callback=_quiet_libraries, help="Progress bars on stderr.")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -645,6 +659,16 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
         emit(as_json, result, _summary(result, out))
 
 
+def _compute_line(r: dict[str, Any]) -> str:
+    """Reference-hours, or for a FLOP class (which has none) the training FLOPs."""
+    from languini.compute import trained_compute
+
+    amount, unit = trained_compute(r)
+    if unit == "FLOPs":
+        return f"  training FLOPs      {amount:.4g} (6 × parameters × tokens; a FLOP class has no hours)"
+    return f"  reference-hours     {amount:.4g} on {r['reference']} ({r['budget_mode']}, device factor {r['device_factor']:g})"
+
+
 def _summary(r: dict[str, Any], run: Path) -> str:
     from languini.mixes import cost_text, selection_cost
 
@@ -653,8 +677,7 @@ def _summary(r: dict[str, Any], run: Path) -> str:
     return "\n".join([
         f"{r['family']}/{r['config']}: {r['params']:,} parameters, class {r['compute_class']}",
         f"  tokens trained      {r['tokens_trained']:,} of a {r['budget_tokens']:,}-token budget ({r['steps']:,} steps)",
-        f"  reference-hours     {r['reference_hours'] or 0:.4g} on {r['reference']} "
-        f"({r['budget_mode']}, device factor {r['device_factor']:g})",
+        _compute_line(r),
         f"  test bits-per-byte  {t['bits_per_byte']:.4f}   (unigram baseline {r['unigram_bits_per_byte']:.4f})",
         f"  test perplexity     {t['token_perplexity']:.2f} per token, {t['char_perplexity']:.3f} per character",
         *([f"  data selection      {cost_text(selection)}"] if (selection := selection_cost(r)) else []),

@@ -33,6 +33,31 @@ from languini.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 RESULT_SCHEMA = 1
 LOCK = ".lock"
+MIN_MODEL_STEPS = 300
+"""Steps below which a selection's proxy or reference model has barely started to learn: its
+scores or weights are reported, with a warning."""
+
+
+def result_warnings(result: dict[str, Any], warmup_steps: int) -> list[str]:
+    """Why a finished run's numbers may not mean anything (result.json's `warnings`)."""
+    found = []
+    if result["steps"] < warmup_steps:
+        found.append(f"the run trained {result['steps']} steps, fewer than its {warmup_steps}-step warm-up: "
+                     "too short to say anything about the model")
+    test, unigram = result["test"]["bits_per_byte"], result["unigram_bits_per_byte"]
+    if not test < unigram:
+        found.append(f"test bits-per-byte {test:.4f} is not below the unigram baseline {unigram:.4f}: the model "
+                     "predicts no better than token frequencies")
+    return found
+
+
+def model_warnings(role: str, result: dict[str, Any], run: str | os.PathLike) -> list[str]:
+    """Why a selection model (a proxy, a reference, an embedder) may not mean anything."""
+    found = [f"the {role} ({run}): {w}" for w in result.get("warnings", [])]
+    if result["steps"] < MIN_MODEL_STEPS:
+        found.append(f"the {role} ({run}) trained only {result['steps']} steps, fewer than {MIN_MODEL_STEPS}: "
+                     "what it selects says little")
+    return found
 
 
 def _claim(fd: int, lock_path: Path) -> str | None:
