@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,20 +17,27 @@ if TYPE_CHECKING:
 
 
 class Group(click.Group):
-    """Turns a UserError anywhere below into one sentence on stderr and exit status 2."""
+    """Turns a UserError anywhere below into one sentence on stderr and exit status 2, and
+    Ctrl-C or SIGTERM into one sentence and exit status 130 (the library has cleaned up)."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from languini.interrupts import signal_name, terminate_raises
+
         try:
-            return super().invoke(ctx)
+            with terminate_raises():
+                return super().invoke(ctx)
         except UserError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(getattr(e, "exit_code", 2))
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+        except KeyboardInterrupt as e:
+            click.echo(f"stopped by {signal_name(e)}; nothing half-written was left behind.", err=True)
             sys.exit(130)
 
 
 def emit(as_json: bool, obj: Any, prose: str) -> None:
+    """The result on stdout; its `warnings` (a result that may not mean anything) also on stderr."""
+    for warning in obj.get("warnings", []) if isinstance(obj, dict) else []:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(to_json(obj) if as_json else prose, nl=not as_json)
 
 
@@ -42,9 +50,31 @@ def _stacked(*options: Any) -> Any:
     return apply
 
 
+def _writable(folder: bool) -> Any:
+    """A callback refusing an output path that cannot be written before any work is done
+    (a measurement or a corpus's reading is not wasted on a typo)."""
+    def check(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+        from languini.io import check_writable
+
+        if value is not None:
+            check_writable(value, folder)
+        return value
+    return check
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def _quiet_libraries(ctx: click.Context, param: click.Parameter, progress: bool) -> bool:
+    """--no-progress silences the bars of the libraries a command drives too (datasets'
+    "Generating test split"), in this process and in the workers it starts."""
+    if not progress:
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"  # read when datasets is imported
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+    return progress
+
+
 progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
-                               help="Progress bars on stderr.")
+                               callback=_quiet_libraries, help="Progress bars on stderr.")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -85,7 +115,7 @@ def _split_fractions(text: str) -> tuple[float, float, float]:
 
 @data.command("prepare")
 @click.argument("sources", nargs=-1)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=True), help="Output folder.")
 @click.option("--domain", "domains", multiple=True, metavar="NAME=SOURCE",
               help="A source whose documents all belong to domain NAME (repeatable).")
 @click.option("--tokenizer", default="sentencepiece", show_default=True,
@@ -141,7 +171,7 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
 
 @data.command("dedup")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=click.Path(path_type=Path), callback=_writable(folder=True), default=None,
               help="The new prepared-data folder (default: DATA_DIR-dedup-SCOPE beside DATA_DIR).")
 @click.option("--scope", type=click.Choice(["global", "local"]), default="global", show_default=True,
               help="global: across all domains; local: within each domain (SlimPajama's distinction).")
@@ -179,7 +209,7 @@ def data_dedup(data_dir: Path, out: Path | None, scope: str, threshold: float, n
 
 @data.command("make-tasks")
 @click.argument("data_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Task folder (default: DATA_DIR/eval_tasks).")
+@click.option("--out", type=click.Path(path_type=Path), callback=_writable(folder=True), default=None, help="Task folder (default: DATA_DIR/eval_tasks).")
 @click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True)
 @click.option("--context-words", default=32, show_default=True, help="Cloze: words of passage.")
 @click.option("--continuation-words", default=8, show_default=True, help="Cloze: words of each continuation.")
@@ -216,9 +246,9 @@ def data_select() -> None:
 
 
 _selection_options = _stacked(
-    click.option("--out", required=True, type=click.Path(path_type=Path),
+    click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=True),
                  help="The new prepared-data folder (its mix spec goes to OUT.toml unless --mix-out)."),
-    click.option("--mix-out", type=click.Path(path_type=Path), default=None,
+    click.option("--mix-out", type=click.Path(path_type=Path), callback=_writable(folder=False), default=None,
                  help="Where to write the mix spec (default: OUT.toml beside OUT)."),
     click.option("--max-epochs", default=4.0, show_default=True, help="The mix spec's max_epochs."),
     click.option("--charge-selection", is_flag=True,
@@ -304,7 +334,7 @@ def data_select_d4(data_dir: Path, embedder: str, clusters: int, dedup_eps: floa
 @click.option("--family", default="gpt", show_default=True, help="Family of the reference and proxy models.")
 @click.option("--config", "config_name", default="nano", show_default=True, help="Their size.")
 @click.option("--class", "class_name", required=True, help="Compute class each of the two models trains for.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="The mix spec to write (MIX.toml).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=False), help="The mix spec to write (MIX.toml).")
 @click.option("--eta", default=1.0, show_default=True, help="Step size of the exponentiated-gradient update.")
 @click.option("--smoothing", default=1e-3, show_default=True, help="Mixing with the uniform distribution, c.")
 @click.option("--max-epochs", default=4.0, show_default=True, help="The mix spec's max_epochs.")
@@ -369,7 +399,7 @@ def mix() -> None:
 @click.option("--seeds", default=1, show_default=True, help="Runs per mix (seeds 0..S-1); the table shows mean ± spread.")
 @click.option("--any-tokenizer", is_flag=True,
               help="Train mixes selected under another tokenizer than their data's anyway (with a warning).")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=True),
               help="Folder for the runs, compare.json and compare.png; finished runs in it are reused.")
 @stability_options
 @progress_option
@@ -439,7 +469,7 @@ def _train_overrides(**kwargs: Any) -> dict[str, Any]:
 @click.option("--sweep", is_flag=True, help="Grow the batch size 1, 2, 4, ... until out of memory (each in its "
               "own process) and certify the fastest.")
 @click.option("--max-batch-size", default=256, show_default=True, help="Where a sweep stops if memory does not.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the certificate here.")
+@click.option("--out", type=click.Path(path_type=Path), callback=_writable(folder=False), default=None, help="Write the certificate here.")
 @stability_options
 @progress_option
 @json_option
@@ -507,7 +537,7 @@ def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_
                    "as the reference figures).")
 @click.option("--warmup", default=3, show_default=True)
 @click.option("--steps", default=10, show_default=True)
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Calibration file to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=False), help="Calibration file to write.")
 @stability_options
 @progress_option
 @json_option
@@ -611,7 +641,7 @@ def _charged(b: Any) -> str:
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
               help="A folder written by `languini data prepare` (optional when the --mix names its data).")
 @click.option("--class", "class_name", required=True, help="Compute class (see `languini classes`).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="The run directory to create.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=True), help="The run directory to create.")
 @click.option("--mix", "mix_path", type=click.Path(path_type=Path), default=None,
               help="A mix spec (TOML): domain weights, max epochs, data; see the README.")
 @click.option("--any-tokenizer", is_flag=True,
@@ -650,15 +680,14 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
     """
     from languini import trainer
     from languini.mixes import load_mix
+    from languini.run import RunDir
 
-    if out.exists() and any(out.iterdir()) and not force and not resume_:
-        raise UserError(f"Run directory {out} already exists; pass --force to replace it or --resume to continue it.")
+    if not resume_:
+        RunDir.check_replaceable(out, force)  # before measuring: a refusal then costs nothing
     overrides = _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size, device=device,
                                  compile_=compile_, precision=precision, lr=lr, warmup_steps=warmup_steps, seed=seed,
                                  eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every)
     if resume_:
-        from languini.run import RunDir
-
         cert_path = cert_path or RunDir.open(out).throughput  # the budget stays the one certified
     cert = _read_certificate(cert_path) if cert_path else None
     mix = load_mix(mix_path) if mix_path else None
@@ -678,6 +707,16 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
         emit(as_json, result, _summary(result, out))
 
 
+def _compute_line(r: dict[str, Any]) -> str:
+    """Reference-hours, or for a FLOP class (which has none) the training FLOPs."""
+    from languini.compute import trained_compute
+
+    amount, unit = trained_compute(r)
+    if unit == "FLOPs":
+        return f"  training FLOPs      {amount:.4g} (6 × parameters × tokens; a FLOP class has no hours)"
+    return f"  reference-hours     {amount:.4g} on {r['reference']} ({r['budget_mode']}, device factor {r['device_factor']:g})"
+
+
 def _summary(r: dict[str, Any], run: Path) -> str:
     from languini.mixes import cost_text, selection_cost
 
@@ -686,8 +725,7 @@ def _summary(r: dict[str, Any], run: Path) -> str:
     return "\n".join([
         f"{r['family']}/{r['config']}: {r['params']:,} parameters, class {r['compute_class']}",
         f"  tokens trained      {r['tokens_trained']:,} of a {r['budget_tokens']:,}-token budget ({r['steps']:,} steps)",
-        f"  reference-hours     {r['reference_hours'] or 0:.4g} on {r['reference']} "
-        f"({r['budget_mode']}, device factor {r['device_factor']:g})",
+        _compute_line(r),
         f"  test bits-per-byte  {t['bits_per_byte']:.4f}   (unigram baseline {r['unigram_bits_per_byte']:.4f})",
         f"  test perplexity     {t['token_perplexity']:.2f} per token, {t['char_perplexity']:.3f} per character",
         *([f"  data selection      {cost_text(selection)}"] if (selection := selection_cost(r)) else []),
@@ -778,7 +816,7 @@ def lm_eval_cmd(args: tuple[str, ...]) -> None:
 
 @main.command("submit")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="The bundle folder to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=True), help="The bundle folder to write.")
 @click.option("--no-weights", is_flag=True, help="Leave the final weights out of the bundle; it records their "
               "sha256 and size, and `verify --weights` takes them from the run directory or a file.")
 @json_option
@@ -881,7 +919,7 @@ def _numbers(texts: tuple[str, ...], option: str) -> list[float]:
 @click.option("--crossing-range", nargs=2, type=float, default=None, metavar="LOW HIGH",
               help="Compute searched for crossings (default: smallest observed to 1000× the largest).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resamples.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="The fit.json to write.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=False), help="The fit.json to write.")
 @json_option
 def fit_cmd(inputs: tuple[Path, ...], law: str, group_by: str, metric: str, compute_unit: str | None, resamples: int,
             extrapolate: tuple[str, ...], crossing_range: tuple[float, float] | None, seed: int, out: Path,
@@ -903,7 +941,7 @@ def fit_cmd(inputs: tuple[Path, ...], law: str, group_by: str, metric: str, comp
 
 @main.command("plot")
 @click.argument("fit_path", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="FIG.png, FIG.svg or FIG.pdf.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=False), help="FIG.png, FIG.svg or FIG.pdf.")
 @json_option
 def plot_cmd(fit_path: Path, out: Path, as_json: bool) -> None:
     """Draw a fit.json: loss against compute with bands and crossings (chinchilla: iso-loss contours too)."""

@@ -145,6 +145,9 @@ def certificate_precision(measured: dict[str, Any]) -> str | None:
 def _device_factor(cls: ComputeClass, device: str, calibration: dict[str, Any] | None,
                    precision: str | None) -> tuple[float, str]:
     """The factor that turns local tokens/s into reference tokens/s, and the budget's mode."""
+    if calibration is not None and cls.reference == LOCAL:
+        raise UserError(f"Class '{cls.name}' counts hours on the measuring machine itself (local): there is no other "
+                        "device to convert to, so it takes no device factor or calibration.")
     if calibration is not None:
         factor = calibration.get("device_factor")
         if not (isinstance(factor, (int, float)) and factor > 0 and math.isfinite(factor)):
@@ -201,6 +204,9 @@ def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int,
         raise UserError("Batch size and sequence length must be positive.")
     spent = charged_amount(cls, charge) if charge else 0.0
     if cls.reference == FLOPS:
+        if calibration is not None:
+            raise UserError(f"Class '{cls.name}' counts FLOPs, the same on every device: it takes no device factor "
+                            "or calibration.")
         if not params:
             raise UserError(f"FLOP class '{cls.name}' needs the model's parameter count.")
         factor, mode, ref_tps = 1.0, FLOPS, tokens_per_second
@@ -224,6 +230,15 @@ def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int,
     )
 
 
+def trained_compute(result: dict[str, Any]) -> tuple[float, str]:
+    """What a finished run trained, in its class's unit: reference-hours, or for a FLOP class
+    (which has no hours) its training FLOPs, 6 × parameters × tokens, the rule its budget came
+    from. Raises KeyError/TypeError on a result without these fields."""
+    if result.get("budget_mode") == FLOPS:
+        return 6 * float(result["params"]) * float(result["tokens_trained"]), "FLOPs"
+    return float(result["reference_hours"]), "reference-hours"
+
+
 def factor_as_calibration(device_factor: float | None) -> dict[str, Any] | None:
     """A bare --device-factor, recorded in the same shape as a calibration file."""
     if device_factor is None:
@@ -239,8 +254,8 @@ def budget_from_certificate(cls: ComputeClass, cert: dict[str, Any], calibration
         return compute_budget(
             cls,
             tokens_per_second=float(cert["tokens_per_second"]),
-            batch_size=int(batch_size or cert["batch_size"]),
-            seq_len=int(seq_len or cert["seq_len"]),
+            batch_size=int(cert["batch_size"] if batch_size is None else batch_size),
+            seq_len=int(cert["seq_len"] if seq_len is None else seq_len),
             device=str(cert["device"]),
             calibration=calibration,
             params=int(cert["params"]) if "params" in cert else None,

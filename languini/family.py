@@ -90,6 +90,17 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def config_differences(measured: dict[str, Any] | None, config: Any) -> str:
+    """What differs between a certificate's recorded config and `config`, in words
+    ("vocab_size 8192 measured vs 2048 here"); the two hashes where the certificate has none."""
+    here = dataclasses.asdict(config)
+    if not isinstance(measured, dict):
+        return f"config hash {config_hash(config)} here; the certificate records no config"
+    keys = sorted(set(measured) | set(here))
+    return ", ".join(f"{k} {measured.get(k)} measured vs {here.get(k)} here" for k in keys
+                     if measured.get(k) != here.get(k)) or "the same fields, hashed differently"
+
+
 def load_family(name: str) -> Family:
     spec = BUILTIN.get(name, name)
     if ":" not in spec:

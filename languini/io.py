@@ -16,6 +16,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Iterator
 
+from languini.errors import UserError
+from languini.interrupts import shielded
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -31,11 +34,56 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _first_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> None:
+    """Refuse, before any work is done, a `path` that cannot be written: a file where a folder
+    must be (or a folder where a file must be), or a place that takes no new files."""
+    path = Path(path)
+    want, other = ("folder", "file") if folder else ("file", "folder")
+    if path.exists() and path.is_dir() != folder:
+        raise UserError(f"Cannot write {path}: it is a {other}, not a {want}.")
+    ancestor = _first_existing(path.parent)
+    if not ancestor.is_dir():
+        raise UserError(f"Cannot write {path}: {ancestor} is a file, not a folder.")
+    try:  # a real write: permissions say nothing to root, and nothing of read-only file systems
+        fd, probe = tempfile.mkstemp(prefix=".languini-probe-", dir=ancestor)
+    except OSError as e:
+        raise UserError(f"Cannot write {path}: {ancestor} takes no new files ({e.strerror}).") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _cannot_write(path: Path, e: OSError, folder: bool = False) -> UserError:
+    """The OSError of writing `path` said as one sentence (checked again to name the cause)."""
+    try:
+        check_writable(path, folder)
+    except UserError as named:
+        return named
+    return UserError(f"Cannot write {path} ({e.strerror or e}).")
+
+
+def writable_parent(path: Path, folder: bool = False) -> Path:
+    """`path`'s folder, made if missing; a place that cannot be made is a UserError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_write(path, e, folder) from None
+    return path.parent
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write to a temporary file beside `path`, fsync it, then rename over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=writable_parent(path))
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are as shareable as any file
         with os.fdopen(fd, "wb") as f:
@@ -43,9 +91,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with shielded(), contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _cannot_write(path, e) from None
         raise
     _fsync_dir(path.parent)
 
@@ -74,8 +124,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
     """Read a JSON file the harness wrote, turning a missing or truncated file into a UserError."""
-    from languini.errors import UserError
-
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -87,8 +135,6 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
 
 def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """Read a TOML file a user wrote, turning a missing or malformed file into a UserError."""
-    from languini.errors import UserError
-
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -104,23 +150,29 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name and move it into place only when complete.
 
     Yields the temporary folder. On success an existing `path` is replaced (the caller decides
-    beforehand whether replacing is allowed); on any exception the temporary folder is removed
-    and `path` is left as it was.
+    beforehand whether replacing is allowed); on any exception, Ctrl-C and SIGTERM included,
+    the temporary folder is removed and `path` is left as it was. Neither the removal nor the
+    swap can be cut short by a second Ctrl-C (it waits until they are done).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    check_writable(path, folder=True)
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=writable_parent(path, folder=True)))
+    except OSError as e:
+        raise _cannot_write(path, e, folder=True) from None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with shielded():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with shielded():
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from languini.compute import budget_from_certificate, get_class
+from languini.compute import budget_from_certificate, get_class, trained_compute
 from languini.config import load_run_config
 from languini.data.identity import SHORT, STREAMS, Identified, default_stride, identify_result
 from languini.errors import UserError
-from languini.family import config_hash, load_family, make_dataclass_strict
+from languini.family import config_differences, config_hash, load_family, make_dataclass_strict
 from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json
 from languini.mixes import cost_text, selection_cost
 from languini.verify import bundle_weights, verification_status
@@ -127,7 +127,8 @@ def _check_certificate(e: Entry) -> None:
         e.fail("certificate", f"params {cert.get('params')} is not the trained model's {params}")
     trained = config_hash(model_cfg)
     if cert.get("config_hash") != trained:
-        e.fail("config-hash", f"the certificate measured config {cert.get('config_hash')}, the run trained {trained}")
+        e.fail("config-hash", f"the certificate measured another config than the run trained "
+                              f"({config_differences(cert.get('model_config'), model_cfg)})")
 
 
 def _check_stability(e: Entry) -> None:
@@ -314,13 +315,15 @@ def submit(run_dir: str | Path, out: str | Path, weights: bool = True) -> dict[s
 def row(e: Entry) -> dict[str, Any]:
     r = e.result
     test = r.get("test") or {}
+    compute, unit = trained_compute(r)
     return {"run": e.run, "path": str(e.path), "family": r.get("family"), "config": r.get("config"),
             "params": r.get("params"), "compute_class": r.get("compute_class"),
             "tokens_trained": r.get("tokens_trained"), "reference_hours": r.get("reference_hours"),
             "bits_per_byte": test.get("bits_per_byte"), "char_perplexity": test.get("char_perplexity"),
             "device": r.get("device"), "mix": r.get("mix"), "selection": selection_cost(r),
             "evaluation_identity": e.identity.digest if e.identity else None,
-            "dataset": e.identity.dataset if e.identity else None, "verified": e.verified is not None}
+            "dataset": e.identity.dataset if e.identity else None, "verified": e.verified is not None,
+            "compute": compute, "compute_unit": unit, "warnings": r.get("warnings", [])}
 
 
 @dataclass
@@ -383,19 +386,26 @@ def leaderboard(paths: list[str | Path]) -> dict[str, Any]:
 
 
 def markdown(board: dict[str, Any]) -> str:
+    """One table per evaluation identity and class, in the class's unit (reference-hours, or
+    training FLOPs); an entry whose result carries warnings is marked ⚠ and its warnings are listed under the table."""
     out = []
     for group in board["groups"]:
-        out += [f"### {group['heading']}", "", "| # | run | model | params | tokens | reference-hours | test bits/byte "
+        rows = group["rows"]
+        unit = "training FLOPs" if rows[0]["compute_unit"] == "FLOPs" else "reference-hours"
+        out += [f"### {group['heading']}", "", f"| # | run | model | params | tokens | {unit} | test bits/byte "
                 "| char ppl | device | data selection | verified |", "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
-        for i, r in enumerate(group["rows"], 1):
-            out.append(f"| {i} | {r['run']} | {r['family']}/{r['config']} | {r['params']:,} | {r['tokens_trained']:,} | "
-                       f"{r['reference_hours'] or 0:.4g} | {r['bits_per_byte']:.4f} | {r['char_perplexity']:.3f} | "
-                       f"{r['device']} | {cost_text(r['selection'])} | {'yes' if r['verified'] else '–'} |")
+        for i, r in enumerate(rows, 1):
+            mark = " ⚠" if r["warnings"] else ""
+            out.append(f"| {i} | {r['run']} | {r['family']}/{r['config']}{mark} | {r['params']:,} | "
+                       f"{r['tokens_trained']:,} | {r['compute']:.4g} | {r['bits_per_byte']:.4f} | "
+                       f"{r['char_perplexity']:.3f} | {r['device']} | {cost_text(r['selection'])} | "
+                       f"{'yes' if r['verified'] else '–'} |")
         out.append("")
+        out += [f"⚠ {i}: {w}" for i, r in enumerate(rows, 1) for w in r["warnings"]]
+        out += [""] if any(r["warnings"] for r in rows) else []
     if board["unidentified"]:
         out += ["### Entries of unknown evaluation identity (not ranked)", ""]
         out += [f"- `{x['run']}` ({x['path']}): {x['reason']}" for x in board["unidentified"]]
-        out.append("")
     if board["invalid"]:
         out += ["### Invalid entries", ""]
         out += [f"- `{x['run']}` ({x['path']}): " + "; ".join(x["reasons"]) for x in board["invalid"]]

@@ -28,11 +28,13 @@ import itertools
 import json
 import math
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+from urllib.parse import urlparse
 
 import lm_eval.models  # noqa: F401  lm-eval adds its own models only to an empty registry
 import numpy as np
@@ -294,6 +296,7 @@ def run_tasks(run_dir: str | os.PathLike, tasks: list[str], limit: int | None = 
     if limit is not None and limit < 1:  # lm-eval would read a limit below 1 as a fraction
         raise UserError(f"The limit must be a positive number of documents per task (got {limit}).")
     run = RunDir.open(run_dir)
+    _offline_without_network()
     paths = [TASKS_DIR, default_out_dir(run.read_config().data), *map(Path, include_path)]
     manager = _task_manager(tasks, [p for p in paths if p.is_dir()])
     loaded = [item for name in tasks for item in _load_task(manager, name)]  # data trouble shows before the model loads
@@ -304,6 +307,21 @@ def run_tasks(run_dir: str | os.PathLike, tasks: list[str], limit: int | None = 
     old = run.read_json(path, "lm-eval results")["tasks"] if path.exists() else {}
     run.write_json(path, {"schema": RESULTS_SCHEMA, "tasks": {**old, **new}})
     return {"schema": RESULTS_SCHEMA, "tasks": new}
+
+
+def _offline_without_network() -> None:
+    """Without a reachable Hub, put huggingface_hub and datasets in offline mode, so that a task
+    whose data lives on the Hub fails at once (online they retry five times with back-off)."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    host = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((host.hostname, host.port or 443), timeout=3).close()
+    except OSError:
+        constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
 
 
 def _task_results(results: dict[str, Any], model: dict[str, Any], limit: int | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@
     RUN/metrics.jsonl     one JSON object per logged step or validation
     RUN/tb/               TensorBoard events
     RUN/checkpoints/      last.pt and previous.pt, each with a .sha256 beside it
-    RUN/.lock             held by the process training in the directory
+    RUN/.lock             held by the process training in the directory ("PID HOST" inside)
     RUN/result.json       the schema-versioned result, written last: its presence means done
 """
 
@@ -20,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,6 +32,74 @@ from languini.errors import UserError
 from languini.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 RESULT_SCHEMA = 1
+LOCK = ".lock"
+MIN_MODEL_STEPS = 300
+"""Steps below which a selection's proxy or reference model has barely started to learn: its
+scores or weights are reported, with a warning."""
+
+
+def result_warnings(result: dict[str, Any], warmup_steps: int) -> list[str]:
+    """Why a finished run's numbers may not mean anything (result.json's `warnings`)."""
+    found = []
+    if result["steps"] < warmup_steps:
+        found.append(f"the run trained {result['steps']} steps, fewer than its {warmup_steps}-step warm-up: "
+                     "too short to say anything about the model")
+    test, unigram = result["test"]["bits_per_byte"], result["unigram_bits_per_byte"]
+    if not test < unigram:
+        found.append(f"test bits-per-byte {test:.4f} is not below the unigram baseline {unigram:.4f}: the model "
+                     "predicts no better than token frequencies")
+    return found
+
+
+def model_warnings(role: str, result: dict[str, Any], run: str | os.PathLike) -> list[str]:
+    """Why a selection model (a proxy, a reference, an embedder) may not mean anything."""
+    found = [f"the {role} ({run}): {w}" for w in result.get("warnings", [])]
+    if result["steps"] < MIN_MODEL_STEPS:
+        found.append(f"the {role} ({run}) trained only {result['steps']} steps, fewer than {MIN_MODEL_STEPS}: "
+                     "what it selects says little")
+    return found
+
+
+def _claim(fd: int, lock_path: Path) -> str | None:
+    """Take the lock in `fd`, or say who holds it.
+
+    On this machine the kernel's flock decides: it is dropped when its holder dies, however it
+    dies, so a lock left by a dead process is free. The record ("PID HOST") names the holder;
+    one naming another machine, whose processes this one cannot see (and whose flock may not
+    reach here over a network file system), is honoured until it is removed.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(fd)
+    record = _record(fd)
+    if record and record[1] != socket.gethostname():
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return (f"{_holder(fd)} (another machine: if that process is gone, delete {lock_path})")
+    return None
+
+
+def _record(fd: int) -> tuple[str, str] | None:
+    parts = os.pread(fd, 256, 0).decode(errors="replace").split()
+    return (parts[0], parts[1] if len(parts) > 1 else socket.gethostname()) if parts else None
+
+
+def _holder(fd: int) -> str:
+    record = _record(fd)
+    return f"pid {record[0]} on host {record[1]}" if record else "another process"
+
+
+def live_holder(path: str | os.PathLike) -> str | None:
+    """Who is training in the run directory `path` now, or None if nobody is."""
+    lock_path = Path(path) / LOCK
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        return _claim(fd, lock_path)
+    finally:
+        os.close(fd)  # drops the flock if we took it
 
 
 def _sidecar(path: Path) -> Path:
@@ -50,13 +119,26 @@ class RunDir:
     result = property(lambda self: self.path / "result.json")
     mix = property(lambda self: self.path / "mix.json")
 
+    @staticmethod
+    def check_replaceable(path: str | os.PathLike, force: bool) -> None:
+        """An existing non-empty run directory is refused unless `force`; one a live process
+        is training in is refused always (`force` replaces a finished or abandoned run)."""
+        path = Path(path)
+        if not (path.is_dir() and any(path.iterdir())):
+            return
+        if not force:
+            raise UserError(f"Run directory {path} already exists; pass --force to replace it or --resume to continue it.")
+        holder = live_holder(path)
+        if holder:
+            raise UserError(f"Run directory {path} is being trained by {holder}; --force replaces a finished or "
+                            "abandoned run, never a live one.")
+
     @classmethod
     def create(cls, path: str | os.PathLike, force: bool) -> "RunDir":
-        """A fresh run directory; an existing non-empty one is refused unless `force`."""
+        """A fresh run directory where `check_replaceable` allows one."""
         path = Path(path)
-        if path.exists() and any(path.iterdir()):
-            if not force:
-                raise UserError(f"Run directory {path} already exists; pass --force to replace it.")
+        cls.check_replaceable(path, force)
+        if path.exists():
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
@@ -139,17 +221,20 @@ class RunDir:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Refuse a second process in this run directory; the OS drops the lock if we die."""
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Refuse a second process in this run directory (see `_claim`); the record is cleared
+        on the way out, so only a process that died leaves one behind."""
+        lock_path = self.path / LOCK
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
-                raise UserError(f"Run directory {self.path} is in use by another process (pid {holder}).") from None
+            holder = _claim(fd, lock_path)
+            if holder:
+                raise UserError(f"Run directory {self.path} is in use by {holder}.")
             os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            yield
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
         finally:
             os.close(fd)
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy.optimize import minimize
 
+from languini.compute import FLOPS, trained_compute
 from languini.errors import UserError
 from languini.io import read_json
 
@@ -172,11 +173,12 @@ def read_inputs(paths: Sequence[Path], group_by: str = "family", metric: str = "
             raise UserError(f"Cannot read {path}: give a run directory, a .csv or a .jsonl file.")
     if not points:
         raise UserError("No points to fit: give run directories or CSV/JSONL files with rows.")
+    _check_one_unit(points)
     references = sorted({p.reference for p in points if p.reference})
     if len(references) > 1:
         raise UserError(f"The runs count reference-hours on different references ({', '.join(references)}); "
                         "fit them separately.")
-    unit = compute_unit or (f"reference-hours ({references[0]})" if references else "reference-hours")
+    unit = compute_unit or _unit(references)
     return Inputs(points, unit, METRICS[metric][0] if runs else "loss")
 
 
@@ -197,6 +199,22 @@ def check_one_evaluation(runs: Sequence[Path]) -> None:
                         f"{named}); fit runs of one evaluation identity together.")
 
 
+def _unit(references: list[str]) -> str:
+    if not references:
+        return "reference-hours"
+    return "FLOPs" if references[0] == FLOPS else f"reference-hours ({references[0]})"
+
+
+def _check_one_unit(points: Sequence[Point]) -> None:
+    """FLOP-class runs (compute in FLOPs) and hour-class runs (reference-hours) share no axis."""
+    runs = [p for p in points if p.reference]
+    flops = [p.source for p in runs if p.reference == FLOPS]
+    hours = [p.source for p in runs if p.reference != FLOPS]
+    if flops and hours:
+        raise UserError(f"Cannot fit FLOP-denominated runs ({', '.join(flops)}) together with hour-denominated ones "
+                        f"({', '.join(hours)}): their compute has no common axis; fit them separately.")
+
+
 def _run_point(folder: Path, group_by: str, metric: str) -> Point:
     result_path = folder / "result.json"
     if not result_path.is_file():
@@ -214,10 +232,11 @@ def _run_point(folder: Path, group_by: str, metric: str) -> Point:
 
 
 def _run_compute(r: dict[str, Any]) -> float:
-    """A run's reference-hours: those it trained, plus a data selection's charged to its budget
-    (a charged run spent its whole class; an uncharged one only what it trained)."""
+    """A run's compute in its class's unit (reference-hours or FLOPs): what it trained, plus a
+    data selection's charged to its budget (a charged run spent its whole class; an uncharged
+    one only what it trained)."""
     charge = r.get("budget_charge") or {}
-    return float(r["reference_hours"]) + (float(charge["charged"]) if "charged" in charge else 0.0)
+    return trained_compute(r)[0] + (float(charge["charged"]) if "charged" in charge else 0.0)
 
 
 def _table_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:

@@ -31,9 +31,9 @@ from languini.config import RunConfig, TrainConfig, train_config
 from languini.distributed import World, any_rank, barrier, broadcast, gather, main_only, mean, world
 from languini.data.loader import MixedStreams, PreparedData, StreamBatches
 from languini.errors import UserError, to_stderr
-from languini.family import Family, config_hash, load_family, make_dataclass_strict
+from languini.family import Family, config_differences, config_hash, load_family, make_dataclass_strict
 from languini.mixes import Mix, train_domain_tokens
-from languini.run import RunDir
+from languini.run import RunDir, result_warnings
 from languini.throughput import Stability, check_stable, measure
 
 
@@ -156,7 +156,7 @@ def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg
     if cert.get("config_hash") != config_hash(model_cfg):
         raise UserError(
             "The throughput certificate was measured on a different model config "
-            f"(hash {cert.get('config_hash')} vs {config_hash(model_cfg)}): measure it again."
+            f"({config_differences(cert.get('model_config'), model_cfg)}): measure it again."
         )
     if int(cert.get("batch_size", -1)) != tcfg.batch_size:
         raise UserError(
@@ -516,6 +516,7 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> 
             "repeats": batches.repeats()},
         **evaluation,
     }
+    result["warnings"] = result_warnings(result, tcfg.warmup_steps)
     run.write_json(run.result, result)
     return result
 

@@ -32,7 +32,8 @@ from languini.errors import UserError
 from languini.mixes import Mix
 from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
 from languini.selection.mixspec import selection_table, write_mix_spec
-from languini.selection.models import SelectionModel, cost, describe_cost, load_selection_model, total_cost, unknown_cost
+from languini.selection.models import (SelectionModel, cost, describe_cost, load_selection_model, selection_warnings,
+                                      total_cost, unknown_cost)
 
 SENTENCE_TRANSFORMERS = "sentence-transformers:"
 STAGES = ("semdedup", "prototypicality")
@@ -62,11 +63,13 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
         emb = sentence_embeddings(name, parent, table, batch_size, dev, progress)
         identity = {"sentence_transformers": name}
         spent = unknown_cost(f"{embedder} was not trained by the harness; its compute is not counted")
+        warnings = []
     else:
         model = load_selection_model(embedder, parent, dev)
         emb, forward = run_embeddings(model, parent, table, batch_size, dev, progress)
         identity = {**model.identity(), "run": str(model.run)}
         spent = total_cost({"embedder": cost(model.budget, model.result["tokens_trained"], forward)})
+        warnings = selection_warnings("embedder", model, spent)
 
     centroids, labels = spherical_kmeans(emb, clusters, seed)
     duplicate_of, similarity = semdedup(emb, labels, centroids, dedup_eps)
@@ -89,6 +92,7 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
         "documents": {"total": len(table), "after_semdedup": int(len(survivors)), "kept": int(keep_mask.sum())},
         "removed_by_stage": stage_counts(table, stage, parent.domains),
         "cost": spent,
+        "warnings": warnings,
         "shares": {"before": token_shares(table, np.ones(len(table), bool), parent.domains),
                    "after": token_shares(table, keep_mask, parent.domains)},
     }

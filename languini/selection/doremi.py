@@ -41,9 +41,10 @@ from languini.errors import UserError
 from languini.io import atomic_write_bytes, atomic_write_json, read_json
 from languini.mixes import Mix, train_domain_tokens
 from languini.plots import doremi_trajectory, png_bytes
-from languini.run import RunDir
+from languini.run import RunDir, model_warnings
 from languini.selection.mixspec import check_spec_out, selection_table, write_mix_spec
-from languini.selection.models import cost, describe_cost, load_selection_model, total_cost, train_model
+from languini.selection.models import (cost, describe_cost, load_selection_model, selection_warnings, total_cost,
+                                      train_model)
 
 
 def doremi(data_dir: str | Path, out_mix: str | Path, *, family: str = "gpt", config: str = "nano",
@@ -94,6 +95,8 @@ def doremi(data_dir: str | Path, out_mix: str | Path, *, family: str = "gpt", co
         "proxy_run": str(work / "proxy"),
         **{k: str(v) for k, v in paths.items()},
         "cost": spent,
+        "warnings": [*selection_warnings("reference", reference, spent),
+                     *model_warnings("proxy", {"steps": p.budget.steps}, work / "proxy")],
     }
     atomic_write_json(paths["trajectory"], {**report, **trajectory.to_dict()})
     atomic_write_bytes(paths["figure"], png_bytes(doremi_trajectory(domains, trajectory.weights, natural)))

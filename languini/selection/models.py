@@ -26,7 +26,11 @@ import torch
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.family import load_family, make_dataclass_strict
-from languini.run import RunDir
+from languini.run import RunDir, model_warnings
+
+COST_RATIO = 10
+"""A selection costing more than this many times the class its model trained for is reported
+with a warning: its cost is no longer small beside the runs it is meant to help."""
 
 
 @dataclass
@@ -107,6 +111,19 @@ def total_cost(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def unknown_cost(why: str) -> dict[str, Any]:
     """The cost of a selection model the harness did not train (e.g. a downloaded embedder)."""
     return {"selection_hours": None, "selection_reference": None, "selection_flops": None, "parts": {}, "rule": why}
+
+
+def selection_warnings(role: str, model: SelectionModel, spent: dict[str, Any]) -> list[str]:
+    """Why a selection made with `model` may not mean anything: the model's own warnings, too
+    few steps, or a cost out of proportion to the model's class (the report's `warnings`)."""
+    found = model_warnings(role, model.result, model.run)
+    flops = model.budget["mode"] == "flops"
+    amount = spent["selection_flops" if flops else "selection_hours"]
+    of_class = model.budget["flops" if flops else "hours"]
+    if amount and of_class and amount > COST_RATIO * of_class:
+        found.append(f"the selection cost {amount / of_class:.0f} times the class {model.budget['compute_class']} its "
+                     f"{role} trained for: weigh it against runs of a class that large")
+    return found
 
 
 def describe_cost(c: dict[str, Any]) -> str:

@@ -29,8 +29,8 @@ from languini.evaluate import score_model
 from languini.mixes import Mix
 from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
 from languini.selection.mixspec import selection_table, write_mix_spec
-from languini.selection.models import (SelectionModel, cost, describe_cost, load_selection_model, total_cost,
-                                      train_model)
+from languini.selection.models import (SelectionModel, cost, describe_cost, load_selection_model,
+                                      selection_warnings, total_cost, train_model)
 
 CRITERIA = ("low", "medium", "high")
 QUANTILES = (10, 25, 50, 75, 90)
@@ -78,6 +78,7 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
         "documents": {"total": len(table), "reference_half": int(len(table) - len(rows)), "scored": int(len(rows)),
                       "kept": int(len(kept_rows))},
         "cost": spent,
+        "warnings": selection_warnings("reference", ref, spent),
         "perplexity": distributions(table, rows, log_ppl, keep_mask[rows], parent.domains),
         "shares": {"before": token_shares(table, np.ones(len(table), bool), parent.domains),
                    "after": token_shares(table, keep_mask, parent.domains)},
@@ -179,13 +180,13 @@ def describe(report: dict[str, Any]) -> str:
         f"keep {s['keep']:g}); reference {ref['family']}/{ref['config']} at {ref['compute_class']}, {trained}",
         f"selection cost: {describe_cost(cost_)}",
         f"{'domain':<14}{'docs before':>12}{'after':>8}{'share before':>14}{'share after':>13}"
-        f"{'ppl p10/p50/p90 scored':>26}{'kept':>22}",
+        f"  {'ppl p10/p50/p90 scored':>26}  {'kept':>26}",
     ]
     for d, c in report["counts"].items():
         dist = report["perplexity"].get(d, {})
         lines.append(f"{d:<14}{c['documents_before']:>12}{c['documents_after']:>8}"
                      f"{report['shares']['before'].get(d, 1.0):>14.3f}{report['shares']['after'].get(d, 1.0):>13.3f}"
-                     f"{_quantiles(dist.get('scored')):>26}{_quantiles(dist.get('kept')):>22}")
+                     f"  {_quantiles(dist.get('scored')):>26}  {_quantiles(dist.get('kept')):>26}")
     lines.append(f"written {report['out']} (fingerprint {report['fingerprint'][:12]}) and mix spec {report['mix']}")
     return "\n".join(lines)
 

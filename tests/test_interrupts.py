@@ -1,0 +1,166 @@
+"""Ctrl-C and SIGTERM in the middle of every command that runs a worker pool, sent as a person
+sends them: the command runs in its own session (SIGINT not ignored, as in a terminal's
+foreground job) and SIGINT goes to the whole process group, workers included."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import invoke, tiny_corpus
+
+pytestmark = pytest.mark.slow
+
+LANGUINI = [sys.executable, "-m", "languini.cli"]
+STOP_WITHIN = 10  # seconds from the signal to the exit
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A corpus big enough that every command below is still at work seconds after it starts."""
+    return tiny_corpus(tmp_path_factory.mktemp("interrupts") / "c.jsonl", n_docs=20000)
+
+
+@pytest.fixture(scope="module")
+def data(corpus, trained):
+    """The corpus prepared with a large test split (for make-tasks) and the tokenizer of the
+    shared tiny run (the reference of the selection)."""
+    out = corpus.parent / "data"
+    invoke("data", "prepare", corpus, "--out", out, "--tokenizer", trained["data"] / "tokenizer.model",
+           "--split", "50/10/40", "--no-progress")
+    return out
+
+
+def children(pid):
+    """The processes `pid` started (its workers), from /proc."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def wait_until(proc, ready, what, timeout=120):
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the command ended before {what}"
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
+def interrupt(args, tmp_path, ready, what, sig=signal.SIGINT, group=True):
+    """Run `languini ARGS`, send `sig` once `ready(proc, stderr so far)` holds; returns (exit status, seconds
+    from the signal to the exit, stderr, the worker pids seen before the signal)."""
+    stderr = tmp_path / "stderr.txt"  # a file, not a pipe: progress bars would fill a pipe nobody reads yet
+    with stderr.open("w") as f:
+        proc = subprocess.Popen(LANGUINI + [str(a) for a in args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=f, start_new_session=True)
+    try:
+        wait_until(proc, lambda: ready(proc, stderr.read_text(errors="replace")), what)
+        workers = children(proc.pid)
+        sent = time.time()
+        (os.killpg if group else os.kill)(proc.pid, sig)
+        try:
+            proc.wait(timeout=STOP_WITHIN)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {STOP_WITHIN} s after {sig.name}")
+        return proc.returncode, time.time() - sent, stderr.read_text(), workers
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def temporaries(folder):
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
+
+
+def assert_stopped(code, stderr, workers, folder, sig=signal.SIGINT):
+    assert code == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1] == f"stopped by {sig.name}; nothing half-written was left behind."
+    assert temporaries(folder) == []
+    deadline = time.time() + 2  # the OS reaps them a moment after the parent has exited
+    while any(map(alive, workers)) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not any(map(alive, workers)), "a worker outlived the command"
+
+
+def pool_at_work(out, workers):
+    """The output's temporary folder exists and the workers have started."""
+    return lambda proc, err: temporaries(out.parent) and len(children(proc.pid)) >= workers
+
+
+@pytest.mark.parametrize("sig,group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigterm"])
+def test_prepare_stops_on_a_signal(corpus, tmp_path, sig, group):
+    out = tmp_path / "data"
+    code, took, err, workers = interrupt(
+        ["data", "prepare", corpus, "--out", out, "--vocab-size", 300, "--workers", 2], tmp_path,
+        pool_at_work(out, 2), "a working pool", sig, group)
+    assert len(workers) >= 2
+    assert_stopped(code, err, workers, tmp_path, sig)
+    assert not out.exists()
+
+
+def test_dedup_stops_on_ctrl_c(data, tmp_path):
+    out = tmp_path / "dedup"
+    code, took, err, workers = interrupt(["data", "dedup", data, "--out", out, "--workers", 2], tmp_path,
+                                         pool_at_work(out, 2), "a working pool")
+    assert_stopped(code, err, workers, tmp_path)
+    assert not out.exists()
+
+
+def test_perplexity_selection_stops_on_ctrl_c(data, trained, tmp_path):
+    out = tmp_path / "selected"
+    args = ["data", "select", "perplexity", data, "--reference", trained["run"], "--out", out, "--device", "cpu"]
+    code, took, err, workers = interrupt(args, tmp_path, lambda proc, err: "eval:" in err, "scoring")
+    assert_stopped(code, err, workers, tmp_path)
+    assert not out.exists() and not (tmp_path / "selected.toml").exists()
+
+
+def test_make_tasks_stops_on_ctrl_c(data, tmp_path):
+    out = tmp_path / "tasks"
+    code, took, err, workers = interrupt(["data", "make-tasks", data, "--out", out, "--max-examples", 100000],
+                                         tmp_path, lambda proc, err: cpu_seconds(proc.pid) > 2, "task writing")
+    assert_stopped(code, err, workers, tmp_path)
+    assert not out.exists()
+
+
+def test_prepare_on_ray_stops_on_ctrl_c(corpus, tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra")
+    out = tmp_path / "data"
+    code, took, err, workers = interrupt(
+        ["data", "prepare", corpus, "--out", out, "--vocab-size", 300, "--workers", 2, "--executor", "ray"],
+        tmp_path, lambda proc, err: "encode:" in err, "Ray encoding")
+    assert_stopped(code, err, workers, tmp_path)
+    assert not out.exists()
+
+
+def test_a_failing_task_ends_the_pool_with_one_sentence(tmp_path):
+    """A malformed line met by a worker stops the command as a user error, workers ended."""
+    corpus = tiny_corpus(tmp_path / "c.jsonl", n_docs=50)
+    with corpus.open("a") as f:
+        f.write("{not json\n")
+    proc = subprocess.run(LANGUINI + ["data", "prepare", str(corpus), "--out", str(tmp_path / "d"), "--workers", "2",
+                                      "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("error: ") and temporaries(tmp_path) == []
+    assert json.loads(corpus.read_text().splitlines()[0])  # the good lines were good
