@@ -8,6 +8,16 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+from languini.data import buckets, dedup as dedup_module
+from languini.data.buckets import MIN_MEMORY, Buckets, DisjointSets, memory_budget, merged, sorted_runs
+from languini.data.dedup import dedup
+from languini.data.minhash import candidate_pairs, representatives
+from languini.data.prepare import prepare
+from languini.errors import UserError
+
 DOMAINS = ("web", "books", "code")
 EXPECTED = Path(__file__).parent / "data" / "dedup-planted.json"
 CASES = {  # name: dedup() settings whose outputs are saved in EXPECTED
@@ -50,21 +60,11 @@ def planted_corpus(path: Path, bases: int = 700, seed: int = 0) -> Path:
 
 def outcome(report: dict) -> dict:
     """What a dedup run decided and wrote (the new train split's entry holds the sha256 of its
-    shards and index files), as saved in EXPECTED. (The fingerprint also covers where the
-    source file lay.)"""
+    shards and index files), as saved in EXPECTED by the in-memory implementation (commit
+    14d683e). (The fingerprint would also cover where the source file lay.)"""
     train = json.loads((Path(report["out"]) / "manifest.json").read_text())["splits"]["train"]
     return {"train": train, **{key: report[key] for key in ("total", "by_domain", "duplicates")}}
 
-
-import numpy as np
-import pytest
-
-from languini.data import buckets, dedup as dedup_module
-from languini.data.buckets import Buckets, DisjointSets, memory_budget, merged, sorted_runs
-from languini.data.dedup import dedup
-from languini.data.minhash import candidate_pairs, representatives
-from languini.data.prepare import prepare
-from languini.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -124,11 +124,19 @@ def test_union_find_gives_each_documents_clusters_first():
 
 def test_memory_limit_is_parsed_or_refused():
     assert memory_budget("512M") == 512 << 20 and memory_budget("1.5GB") == 3 << 29 and memory_budget(1 << 30) == 1 << 30
-    assert memory_budget("4gib") == 4 << 30 and memory_budget(None) > MIN_MEMORY_FOR_TESTS
+    assert memory_budget("4gib") == 4 << 30 and memory_budget(None) > MIN_MEMORY
     with pytest.raises(UserError, match="is not a size"):
         memory_budget("lots")
     with pytest.raises(UserError, match="below 16 MiB"):
         memory_budget("1M")
 
 
-MIN_MEMORY_FOR_TESTS = 16 << 20
+
+def test_cli_takes_a_memory_limit_and_refuses_a_bad_one(parent, tmp_path):
+    from helpers import fails, invoke
+
+    report = json.loads(invoke("data", "dedup", parent, "--out", tmp_path / "out", "--memory-limit", "64M", "--workers", 1,
+                               "--no-progress", "--json"))
+    assert outcome(report) == json.loads(EXPECTED.read_text())["global"]
+    assert "is not a size" in fails("data", "dedup", parent, "--out", tmp_path / "bad", "--memory-limit", "lots", "--no-progress")
+    assert not (tmp_path / "bad").exists()
