@@ -12,7 +12,9 @@ similarities (of word 5-gram sets after normalisation, computed with Python sets
   `MinHashLSH.query` and `insert` (one process: it has no parallel API); a pair is found
   when the copy's query returns the original.
 And `dedup()` end to end on a prepared (bytes-tokenised) folder of the same corpus, decoding
-included, for scale.
+included, for scale: its speed, its recall and false positives on the planted pairs inside
+the train split, and whether it removed exactly what the in-memory stages remove from the
+train documents (its on-disk, streamed stages must not change a decision).
 
 Threshold 0.75 (11 bands x 11 rows at 128 permutations): its S-curve passes 0.984 at J = 0.9
 and 0.005 at J = 0.5, so the targets below are within reach of LSH itself and the benchmark
@@ -46,6 +48,7 @@ from common import write_result
 from datasketch import MinHash, MinHashLSH
 
 from languini.data.dedup import dedup
+from languini.data.loader import PreparedData
 from languini.data.minhash import MinHasher, Signed, folded, linked_pairs, lsh_params, normalise, representatives, s_curve, sign
 from languini.data.prepare import prepare
 
@@ -133,16 +136,27 @@ def run_datasketch(texts: list[str], bands: int, rows: int) -> set[tuple[int, in
     return found
 
 
-def run_prepared(texts: list[str], workers: int) -> tuple[float, int]:
-    """Wall seconds of `dedup()` on a prepared folder of the texts (preparing is not timed)
-    and the train documents it read."""
+def run_prepared(texts: list[str], workers: int) -> tuple[float, float, list[int], dict]:
+    """`dedup()` on a prepared folder of the texts (preparing is not timed): its wall and CPU
+    seconds, the train documents it read (as indices into `texts`, in stream order) and its
+    report."""
     with tempfile.TemporaryDirectory(prefix="languini-bench-") as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
         corpus.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
         prepare([str(corpus)], Path(tmp) / "data", tokenizer="bytes", workers=workers, progress=False)
-        start = time.perf_counter()
-        report = dedup(Path(tmp) / "data", Path(tmp) / "out", threshold=THRESHOLD, num_perm=NUM_PERM, workers=workers, progress=False)
-        return time.perf_counter() - start, report["total"]["documents_before"]
+        train = [int(i) for i in PreparedData(Path(tmp) / "data").documents("train").ids]
+        report, seconds, cpu = timed(partial(dedup, threshold=THRESHOLD, num_perm=NUM_PERM, workers=workers, progress=False),
+                                     Path(tmp) / "data", Path(tmp) / "out")
+        return seconds, cpu, train, report
+
+
+def prepared_agrees(report: dict, train: list[int], signed: Signed) -> bool:
+    """Whether `dedup()` removed exactly the train documents the in-memory stages remove when
+    given the train documents alone, each for the same kept document."""
+    rows = np.array(train)
+    first = representatives(int(rows.max()) + 1, linked_pairs(signed, rows, THRESHOLD))
+    expected = {int(i): int(first[i]) for i in rows if first[i] != i}
+    return expected == {int(d["removed"]): int(d["kept"]) for d in report["duplicates"]}
 
 
 def score(found: set, planted: list[tuple[int, int, float]]) -> dict:
@@ -186,7 +200,10 @@ def main() -> None:
                 (first, signed) = out
             elif name == "datasketch":
                 found = out
-    prepared_seconds, prepared_docs = run_prepared(texts, args.workers)
+    prepared_seconds, prepared_cpu, train, report = run_prepared(texts, args.workers)
+    in_train = set(train)
+    prepared_found = {(int(d["kept"]), int(d["removed"])) for d in report["duplicates"]}
+    prepared_planted = [(a, b, j) for a, b, j in planted if a in in_train and b in in_train]
     load_after = os.getloadavg()
 
     n = len(texts)
@@ -213,7 +230,12 @@ def main() -> None:
         "speedup_vs_datasketch_1_worker": round(rate["languini_1_worker"] / rate["datasketch"], 2),
         "cpu_efficiency_vs_datasketch": round(cpu_rate["languini"] / cpu_rate["datasketch"], 2),
         "quality": quality,
-        "prepared_folder": {"train_documents": prepared_docs, "seconds": round(prepared_seconds, 3), "docs_per_s": round(prepared_docs / prepared_seconds, 1)},
+        "prepared_folder": {
+            "train_documents": len(train), "seconds": round(prepared_seconds, 3), "docs_per_s": round(len(train) / prepared_seconds, 1),
+            "cpu_seconds": round(prepared_cpu, 3), "docs_per_cpu_s": round(len(train) / prepared_cpu, 1),
+            "planted_pairs_in_train": len(prepared_planted), "quality": score(prepared_found, prepared_planted),
+            "same_decisions_as_in_memory_stages": prepared_agrees(report, train, signed),
+        },
         "targets": TARGETS,
         "meets_targets": {
             "recall_j_ge_0.9": quality["languini"]["recall_j_ge_0.9"] >= TARGETS["recall_j_ge_0.9"],
@@ -248,6 +270,10 @@ def print_table(r: dict) -> None:
     print(f"  1 worker: {d['languini_1_worker']:.0f} documents/s ({r['speedup_vs_datasketch_1_worker']:.2f}x datasketch), "
           f"{c['languini_1_worker']:.0f} per CPU-second; "
           f"dedup() on a prepared folder, decoding included: {r['prepared_folder']['docs_per_s']:.0f} train documents/s")
+    p = r["prepared_folder"]
+    print(f"  dedup() on the train split ({p['planted_pairs_in_train']} planted pairs): recall {p['quality']['recall_j_ge_0.9']:.4f}, "
+          f"false positives {p['quality']['false_positive_rate_j_le_0.5']:.4f}, {p['docs_per_cpu_s']:.0f} documents per CPU-second, "
+          f"same decisions as the in-memory stages: {p['same_decisions_as_in_memory_stages']}")
     print(f"  met: {', '.join(f'{k} {v}' for k, v in r['meets_targets'].items())}")
 
 

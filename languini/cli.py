@@ -186,12 +186,15 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
 @click.option("--seed", default=0, show_default=True, help="Seed of the MinHash permutations.")
 @click.option("--executor", "executor_kind", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Run the per-shard stages in local processes or on Ray (RAY_ADDRESS, else a local instance).")
+@click.option("--memory-limit", default=None, metavar="SIZE",
+              help="Buffers of all workers together, e.g. 512M or 8G (default: a quarter of the RAM). Bounds sorting "
+                   "and merging; the result does not depend on it.")
 @click.option("--force", is_flag=True, help="Replace an existing --out dataset.")
 @progress_option
 @json_option
 def data_dedup(data_dir: Path, out: Path | None, scope: str, threshold: float, ngram: int, num_perm: int,
-               decontaminate: bool, verify: bool, workers: int | None, seed: int, executor_kind: str, force: bool,
-               progress: bool, as_json: bool) -> None:
+               decontaminate: bool, verify: bool, workers: int | None, seed: int, executor_kind: str,
+               memory_limit: str | None, force: bool, progress: bool, as_json: bool) -> None:
     """Remove exact and near-duplicate train documents into a new prepared-data folder.
 
     Validation and test are copied unchanged, so every variant is scored on the same text.
@@ -203,7 +206,7 @@ def data_dedup(data_dir: Path, out: Path | None, scope: str, threshold: float, n
     out = out or data_dir.resolve().with_name(f"{data_dir.resolve().name}-dedup-{scope}")
     report = dedup(data_dir, out, scope=scope, threshold=threshold, ngram=ngram, num_perm=num_perm,
                    decontaminate=decontaminate, verify=verify, workers=workers, progress=progress, force=force,
-                   seed=seed, executor_kind=executor_kind)
+                   seed=seed, executor_kind=executor_kind, memory_limit=memory_limit)
     emit(as_json, report, describe(report))
 
 

@@ -1,15 +1,23 @@
 """`languini data dedup`: a prepared dataset in, one without duplicate train documents out.
 
-Four stages, each a pure function of its input (see `minhash` for the first three):
+Four stages, each a pure function of its input (see `minhash` for the hashing and `buckets`
+for the on-disk link and cluster stages), with memory bounded by `memory_limit` and by a
+few bytes per document, never by the text, the band keys or the pairs:
 
-1. sign: workers decode batches of documents and compute their exact hashes (normalised
-   text), MinHash signatures and LSH band keys; only these are kept, the signatures in a
-   memory map, so memory grows with the buckets, not with the text.
-2. link: documents sharing an exact hash or a band (within a domain for `local` scope,
-   across domains for `global`) become candidate pairs, verified by their MinHash Jaccard
-   estimate.
-3. cluster: pairs join documents into clusters; the first of each in stream order is kept.
+1. sign: workers decode parts of the corpus and write, per part, the documents' MinHash
+   signatures and one sorted run of (key, position) per column (the exact hash of the
+   normalised text, then each LSH band); the driver keeps per document only its exact hash
+   and sizes, in a memory map.
+2. link: per column (and key range), a task merges the parts' runs and streams the buckets:
+   documents sharing an exact hash or a band (within a domain for `local` scope, across
+   domains for `global`) become candidate pairs, verified by their MinHash Jaccard
+   estimate and appended to pair files.
+3. cluster: union-find over the streamed pairs joins documents into clusters; the first of
+   each in stream order is kept.
 4. filter: the kept train documents are copied, token for token, into a new dataset.
+
+Stages one and two run on local processes or on Ray (`executors`); with Ray across machines,
+the input and `out` (whose temporary folder holds the work files) are on shared storage.
 
 Only the train split changes: validation and test are the parent's, byte for byte, so every
 mix is scored on the same text. With `decontaminate`, train documents that duplicate a
@@ -34,9 +42,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from languini.data.buckets import RECORD, WORKING_COPIES, DisjointSets, LinkPlan, link, memory_budget, pair_chunks, part_file, sorted_runs
 from languini.data.identity import identity_of
-from languini.data.loader import PreparedData, TokenStream
-from languini.data.minhash import MIN_NUM_PERM, MinHasher, Signed, folded, linked_pairs, lsh_params, representatives, s_curve, sign
+from languini.data.loader import Documents, PreparedData, TokenStream
+from languini.data.minhash import MIN_NUM_PERM, MinHasher, band_keys, folded, lsh_params, s_curve
 from languini.data.executors import executor, run_tasks
 from languini.data.prepare import FORMAT, SPLITS, stamp
 from languini.data.shards import DocInfo, EncodedBatch, SplitWriter
@@ -48,7 +57,10 @@ SCOPES = ("local", "global")
 KINDS = ("exact", "near", "contamination")
 REPORT_FILE = "dedup.json"
 TASK_TOKENS = 1 << 20  # tokens a worker decodes and signs at a time
-_SIGNATURES = ".signatures.npy"
+PART_TOKENS = 1 << 26  # tokens of a signing part at most (one sorted run per column each)
+MIN_BLOCK = 1024  # records read from each run per merge round, at least
+CHUNK = 1 << 20  # documents per step where the driver scans all of them
+_WORK = ".work"
 
 
 @dataclass(frozen=True)
@@ -81,6 +93,7 @@ def dedup(
     force: bool = False,
     seed: int = 0,
     executor_kind: str = "local",
+    memory_limit: str | int | None = None,
 ) -> dict[str, Any]:
     """Write to `out` the prepared dataset `data_dir` without duplicate train documents.
 
@@ -88,6 +101,8 @@ def dedup(
     Jaccard similarity of their word `ngram` sets is about `threshold` or more (near: MinHash
     with `num_perm` permutations drawn from `seed`, LSH bands and rows chosen for the
     threshold). `scope` is `local` (within each domain) or `global` (across domains).
+    `memory_limit` (bytes, or a size such as `4G`; default a quarter of the RAM) bounds the
+    workers' buffers together; it changes how the work is cut, never the result.
     Returns the report (see `build_report`), also written to `out/dedup.json`.
     """
     check_settings(scope, threshold, ngram, num_perm, workers)
@@ -97,13 +112,16 @@ def dedup(
     bands, rows = lsh_params(threshold, num_perm)
     settings = Settings(scope, float(threshold), ngram, num_perm, bands, rows, seed, decontaminate, verify)
     workers = workers or os.cpu_count() or 1
+    budget = memory_budget(memory_limit)
     folded()  # built once here, inherited by the forked workers
     with atomic_dir(out) as tmp, executor(executor_kind, workers) as pool:
-        corpus = read_corpus(parent, SPLITS if decontaminate else ("train",), MinHasher(num_perm, ngram, seed), settings, tmp / _SIGNATURES, pool, workers, progress)
-        decision = decide(corpus, settings)
-        (tmp / _SIGNATURES).unlink()  # the memory map stays readable until dropped; the folder moves clean
-        train = write_train(parent, corpus.train_table(parent.documents("train").offsets), decision.removed, tmp,
-                            progress)
+        work = tmp / _WORK
+        work.mkdir()
+        corpus = read_corpus(parent, SPLITS if decontaminate else ("train",), MinHasher(num_perm, ngram, seed), settings, work, pool,
+                             workers, budget, progress)
+        decision = decide(corpus, settings, link_plan(corpus, settings, work, workers, budget), pool, workers, progress)
+        train = write_train(parent, corpus.train_table(), decision.removed, tmp, progress)
+        shutil.rmtree(work)  # memory maps stay readable until dropped; the folder moves clean
         copy_unchanged(parent, tmp)
         manifest = child_manifest(parent, train, "dedup", asdict(settings))
         report = build_report(parent, out, manifest, settings, corpus, decision)
@@ -186,78 +204,92 @@ class DocTable:
 
 @dataclass
 class Corpus:
-    """Stage one's result: per signed document (train first, then any evaluation splits),
-    where it came from and what it weighs, and its `Signed` row."""
+    """Stage one's result. Corpus rows number the signed documents: train first, then any
+    evaluation splits, in stream order. Link order (`pos`, see `buckets`) puts the evaluation
+    documents first, so that they head the buckets they share with train documents."""
 
-    split: np.ndarray  # index into SPLITS
-    index: np.ndarray  # position in its split
-    domain: np.ndarray  # index into the manifest's domains
-    tokens: np.ndarray  # its tokens, end-of-document id included
-    n_bytes: np.ndarray  # UTF-8 bytes of its text
-    n_chars: np.ndarray
-    ids: dict[str, list[str]]  # per split
-    signed: Signed
+    docs: dict[str, Documents]  # per signed split, in SPLITS order
+    rows: np.ndarray  # per corpus row: exact hash, UTF-8 bytes and characters of its text (a memory map)
+    part_starts: np.ndarray  # the corpus row where each signing part starts, and the total
 
     @property
     def n_train(self) -> int:
-        return int(np.count_nonzero(self.split == 0))
+        return len(self.docs["train"].ids)
 
-    def train_table(self, offsets: np.ndarray) -> DocTable:
-        """The train documents (signed first, in stream order) as the writer reads them."""
-        n = self.n_train
-        return DocTable(offsets, self.domain[:n], self.ids["train"], self.n_bytes[:n], self.n_chars[:n])
+    @property
+    def n_eval(self) -> int:
+        return len(self.rows) - self.n_train
+
+    def locate(self, row: int) -> tuple[str, int]:
+        """The split of a corpus row and its index there."""
+        for name, docs in self.docs.items():
+            if row < len(docs.ids):
+                return name, row
+            row -= len(docs.ids)
+        raise IndexError(row)
+
+    def train_table(self) -> DocTable:
+        """The train documents as the split writer reads them."""
+        train, n = self.docs["train"], self.n_train
+        return DocTable(train.offsets, train.domains, train.ids, self.rows["n_bytes"][:n], self.rows["n_chars"][:n])
+
+
+ROW = np.dtype([("exact", "<u8"), ("n_bytes", "<i8"), ("n_chars", "<i8")])
 
 
 @dataclass(frozen=True)
-class SignedBatch:
-    """What a worker sends back for a batch of documents."""
+class SignedPart:
+    """What a signing task sends back besides its files: per document, ROW's fields."""
 
-    signed: Signed
+    exact: np.ndarray
     n_bytes: np.ndarray
     n_chars: np.ndarray
 
 
-def read_corpus(
-    data: PreparedData, splits: Sequence[str], hasher: MinHasher, settings: Settings, spill: Path, pool: Any, workers: int, progress: bool
-) -> Corpus:
-    """Stage one over `splits`: sign every document on the workers, in stream order."""
+def read_corpus(data: PreparedData, splits: Sequence[str], hasher: MinHasher, settings: Settings, work: Path, pool: Any,
+                workers: int, budget: int, progress: bool) -> Corpus:
+    """Stage one over `splits`: each part of the corpus signed by a worker into `work`."""
     docs = {name: data.documents(name) for name in splits}
-    total = sum(len(d.ids) for d in docs.values())
-    signatures = np.lib.format.open_memmap(spill, mode="w+", dtype=np.uint32, shape=(total, settings.num_perm))
+    parts = list(plan_parts(docs, settings.bands + 1, workers, budget))
+    counts = [len(docs[name].ids) for name in splits]
+    n_train, total = counts[0], sum(counts)
+    starts = np.cumsum([0] + [hi - lo for _, lo, hi in parts])
+    split_starts = dict(zip(splits, np.cumsum([0] + counts)))
+    rows = np.lib.format.open_memmap(work / "rows.npy", mode="w+", dtype=ROW, shape=(total,))
     tasks = (
-        partial(sign_documents, str(data.path), data.fingerprint, name, docs[name].offsets[lo : hi + 1], hasher, settings.bands, settings.rows)
-        for name in splits
-        for lo, hi in batches(docs[name].offsets, TASK_TOKENS)
+        partial(sign_part, str(data.path), data.fingerprint, name, docs[name].offsets[lo : hi + 1], str(work), p,
+                (int(split_starts[name]) + lo + total - n_train) % total, hasher, settings.bands, settings.rows)
+        for p, (name, lo, hi) in enumerate(parts)
     )
-    exact, keys, n_bytes, n_chars = [], [], [], []
-    done = 0
     with tqdm(total=total, desc="sign", unit=" docs", disable=not progress, file=sys.stderr) as bar:
-        for batch in run_tasks(pool, tasks, window=2 * workers):
-            n = len(batch.n_bytes)
-            signatures[done : done + n] = batch.signed.signatures
-            exact.append(batch.signed.exact)
-            keys.append(batch.signed.keys)
-            n_bytes.append(batch.n_bytes)
-            n_chars.append(batch.n_chars)
-            done += n
-            bar.update(n)
-    return Corpus(
-        split=np.concatenate([np.full(len(docs[name].ids), SPLITS.index(name), dtype=np.int8) for name in splits]),
-        index=np.concatenate([np.arange(len(docs[name].ids)) for name in splits]),
-        domain=np.concatenate([docs[name].domains for name in splits]),
-        tokens=np.concatenate([np.diff(docs[name].offsets) for name in splits]),
-        n_bytes=np.concatenate(n_bytes),
-        n_chars=np.concatenate(n_chars),
-        ids={name: docs[name].ids for name in splits},
-        signed=Signed(np.concatenate(exact), np.concatenate(keys), signatures),
-    )
+        for p, part in enumerate(run_tasks(pool, tasks, window=2 * workers)):
+            lo, hi = starts[p], starts[p + 1]
+            rows["exact"][lo:hi], rows["n_bytes"][lo:hi], rows["n_chars"][lo:hi] = part.exact, part.n_bytes, part.n_chars
+            bar.update(hi - lo)
+    rows.flush()
+    return Corpus(docs, np.load(work / "rows.npy", mmap_mode="r"), starts)
 
 
-def batches(offsets: np.ndarray, tokens: int) -> Iterator[tuple[int, int]]:
-    """Consecutive document ranges [lo, hi) of about `tokens` tokens (at least one document)."""
+def plan_parts(docs: dict[str, Documents], columns: int, workers: int, budget: int) -> Iterator[tuple[str, int, int]]:
+    """(split, lo, hi) document ranges, one per signing task: at least a batch of tokens each,
+    two per worker while parts stay under PART_TOKENS, and no more documents than a worker's
+    share of `budget` can sort (each part is one sorted run per column, so fewer, larger parts
+    make the merge cheaper)."""
+    max_docs = max(1, budget // workers // (columns * RECORD.itemsize * 3))
+    for name, d in docs.items():
+        tokens = int(d.offsets[-1])
+        per_part = min(PART_TOKENS, max(TASK_TOKENS, -(-tokens // (2 * workers))))
+        for lo, hi in batches(d.offsets, per_part, max_docs):
+            yield name, lo, hi
+
+
+def batches(offsets: np.ndarray, tokens: int, max_docs: int | None = None) -> Iterator[tuple[int, int]]:
+    """Consecutive document ranges [lo, hi) of about `tokens` tokens (at least one document,
+    at most `max_docs`)."""
     lo, n = 0, len(offsets) - 1
     while lo < n:
         hi = max(lo + 1, int(np.searchsorted(offsets, offsets[lo] + tokens, side="right")) - 1)
+        hi = min(hi, lo + max_docs) if max_docs else hi
         yield lo, hi
         lo = hi
 
@@ -270,69 +302,105 @@ def _split_reader(path: str, data_fingerprint: str, split: str) -> tuple[TokenSt
     return data.stream(split), open_tokenizer(data.manifest["tokenizer"], data.path, threads=1)
 
 
-def sign_documents(path: str, data_fingerprint: str, split: str, offsets: np.ndarray, hasher: MinHasher, bands: int, rows: int) -> SignedBatch:
-    """Stage one for the documents between `offsets` (run by a worker): decode and sign."""
+def sign_part(path: str, data_fingerprint: str, split: str, offsets: np.ndarray, work: str, part: int, first_pos: int,
+              hasher: MinHasher, bands: int, rows: int) -> SignedPart:
+    """Stage one for the documents between `offsets` (run by a worker): decode and sign them a
+    batch at a time into the part's signatures file, then write its sorted runs (exact hashes
+    and band keys, each with the documents' link positions)."""
     stream, tok = _split_reader(path, data_fingerprint, split)
-    tokens = stream.read(int(offsets[0]), int(offsets[-1] - offsets[0]))
-    bounds = offsets - offsets[0]
-    texts = [tok.decode(tokens[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
-    return SignedBatch(
-        sign(texts, hasher, bands, rows),
-        np.array([len(t.encode("utf-8")) for t in texts], dtype=np.int64),
-        np.array([len(t) for t in texts], dtype=np.int64),
-    )
+    n = len(offsets) - 1
+    signatures = np.lib.format.open_memmap(part_file(Path(work), "signatures", part), mode="w+", dtype=np.uint32, shape=(n, hasher.num_perm))
+    keys = np.empty((n, bands + 1), dtype=np.uint64)
+    n_bytes, n_chars = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    for lo, hi in batches(offsets, TASK_TOKENS):
+        tokens = stream.read(int(offsets[lo]), int(offsets[hi] - offsets[lo]))
+        bounds = offsets[lo : hi + 1] - offsets[lo]
+        texts = [tok.decode(tokens[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        keys[lo:hi, 0], signatures[lo:hi] = hasher.sign(texts)
+        keys[lo:hi, 1:] = band_keys(signatures[lo:hi], bands, rows)
+        n_bytes[lo:hi] = [len(t.encode("utf-8")) for t in texts]
+        n_chars[lo:hi] = [len(t) for t in texts]
+    signatures.flush()
+    np.save(part_file(Path(work), "runs", part), sorted_runs(keys, first_pos + np.arange(n)))
+    return SignedPart(keys[:, 0].copy(), n_bytes, n_chars)
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Per train document: why it goes (-1 stays, else an index into KINDS), and the row of
-    the document it duplicates (its cluster's first, or the evaluation document)."""
+    """Per train document why it goes (-1 stays, else an index into KINDS); for the removed
+    ones, in row order, the corpus row of the document each duplicates (its cluster's first,
+    or the evaluation document)."""
 
-    removed: np.ndarray  # bool
     kind: np.ndarray  # int8
-    kept: np.ndarray  # int64 row of the corpus
+    removed_rows: np.ndarray  # int64
+    kept: np.ndarray  # int64, one per removed row
     cross_domain: np.ndarray | None  # bool: removed by global scope only (None for local)
 
+    @property
+    def removed(self) -> np.ndarray:
+        return self.kind >= 0
 
-def decide(corpus: Corpus, settings: Settings) -> Decision:
+
+def decide(corpus: Corpus, settings: Settings, plan: LinkPlan, pool: Any, workers: int, progress: bool) -> Decision:
     """Stages two and three: contamination first, then clusters among the rest."""
-    n = corpus.n_train
-    contaminated_by = contamination(corpus, settings) if settings.decontaminate else np.full(n, -1)
-    clean = np.flatnonzero(contaminated_by < 0)
-    first = cluster_firsts(corpus, clean, settings, local=settings.scope == "local")
+    n, work = corpus.n_train, Path(plan.work)
     kind = np.full(n, -1, dtype=np.int8)
-    duplicate = first != np.arange(n)
-    rows = np.flatnonzero(duplicate)
-    kind[rows] = np.where(corpus.signed.exact[rows] == corpus.signed.exact[first[rows]], 0, 1)
-    kind[contaminated_by >= 0] = 2
-    kept = np.where(contaminated_by >= 0, contaminated_by, first)
+    removed, kept = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+    if settings.decontaminate:
+        link_pass(plan, True, (("contamination", False),), pool, workers, progress)
+        found = np.full(n, len(corpus.rows), dtype=np.int64)
+        for pairs in pair_chunks(work, "contamination"):
+            np.minimum.at(found, pairs[:, 1], pairs[:, 0])
+        contaminated = found < len(corpus.rows)
+        np.save(work / "excluded.npy", contaminated)
+        removed.append(np.flatnonzero(contaminated))
+        kept.append(found[contaminated])
+        kind[contaminated] = 2
+        del found, contaminated
+    scopes = ("global", "local") if settings.scope == "global" else ("local",)
+    link_pass(plan, False, tuple((scope, scope == "local") for scope in scopes), pool, workers, progress)
+    first = clusters(work, scopes[0], n)
+    rows = np.concatenate([lo + np.flatnonzero(first[lo : lo + CHUNK] != np.arange(lo, min(lo + CHUNK, n))) for lo in range(0, n, CHUNK)])
+    kind[rows] = np.where(corpus.rows["exact"][rows] == corpus.rows["exact"][first[rows]], 0, 1)
+    removed.append(rows)
+    kept.append(first[rows].astype(np.int64))
+    del first
     cross = None
     if settings.scope == "global":
-        cross = duplicate & (cluster_firsts(corpus, clean, settings, local=True) == np.arange(n))
-    return Decision(kind >= 0, kind, kept, cross)
+        local = clusters(work, "local", n)
+        cross = np.zeros(n, dtype=bool)
+        cross[rows] = local[rows] == rows
+    removed_rows, kept_rows = np.concatenate(removed), np.concatenate(kept)
+    order = np.argsort(removed_rows)
+    return Decision(kind, removed_rows[order], kept_rows[order], cross)
 
 
-def cluster_firsts(corpus: Corpus, rows: np.ndarray, settings: Settings, *, local: bool) -> np.ndarray:
-    """For each train document, the first document of its duplicate cluster (only `rows`
-    take part; within each domain when `local`)."""
-    groups = corpus.domain[rows] if local else None
-    pairs = linked_pairs(corpus.signed, rows, settings.threshold, groups=groups, verify=settings.verify)
-    return representatives(corpus.n_train, pairs)
+def link_plan(corpus: Corpus, settings: Settings, work: Path, workers: int, budget: int) -> LinkPlan:
+    """What the link tasks share; each merges one run per part in a worker's share of `budget`."""
+    np.save(work / "domains.npy", corpus.docs["train"].domains)
+    parts = len(corpus.part_starts) - 1
+    block = max(MIN_BLOCK, budget // workers // (RECORD.itemsize * WORKING_COPIES * parts))
+    return LinkPlan(str(work), corpus.part_starts, corpus.n_train, corpus.n_eval, settings.threshold, settings.verify, block,
+                    settings.bands + 1, parts)
 
 
-def contamination(corpus: Corpus, settings: Settings) -> np.ndarray:
-    """For each train document, the first evaluation document it duplicates, or -1.
+def link_pass(plan: LinkPlan, contamination: bool, outputs: tuple[tuple[str, bool], ...], pool: Any, workers: int, progress: bool) -> None:
+    """Stage two: every column's buckets, each column split into key ranges so that every
+    worker has tasks, as pair files in the work folder."""
+    ranges = max(1, -(-2 * workers // plan.columns))
+    tasks = [partial(link, plan, contamination, outputs, c, r, ranges) for c in range(plan.columns) for r in range(ranges)]
+    desc = "contamination" if contamination else "link"
+    with tqdm(total=len(tasks), desc=desc, unit=" tasks", disable=not progress, file=sys.stderr) as bar:
+        for _ in run_tasks(pool, tasks, window=2 * workers):
+            bar.update()
 
-    Evaluation rows go first, so a bucket holding any evaluation document pairs it (the
-    first in the bucket) with the train documents there.
-    """
-    n = corpus.n_train
-    rows = np.concatenate((np.arange(n, len(corpus.split)), np.arange(n)))
-    pairs = linked_pairs(corpus.signed, rows, settings.threshold, verify=settings.verify)
-    pairs = pairs[(pairs[:, 0] >= n) & (pairs[:, 1] < n)]
-    found = np.full(n, len(corpus.split))
-    np.minimum.at(found, pairs[:, 1], pairs[:, 0])
-    return np.where(found < len(corpus.split), found, -1)
+
+def clusters(work: Path, name: str, n: int) -> np.ndarray:
+    """Stage three: each train document's cluster's first, by union-find over the pairs."""
+    sets = DisjointSets(n)
+    for pairs in pair_chunks(work, name):
+        sets.union(pairs[:, 0], pairs[:, 1])
+    return sets.firsts()
 
 
 def write_train(parent: PreparedData, table: DocTable, removed: np.ndarray, folder: Path, progress: bool) -> dict[str, Any]:
@@ -400,43 +468,58 @@ def build_report(parent: PreparedData, out: Path, manifest: dict[str, Any], sett
     the removed documents whose every duplicate lies in another domain, so that only global
     deduplication finds them (None for local scope).
     """
-    n = corpus.n_train
     domains = manifest["domains"]
-    counted = {d: _counts(corpus, decision, corpus.domain[:n] == i) for i, d in enumerate(domains) if np.any(corpus.domain[:n] == i)}
+    sums = domain_sums(corpus, decision, len(domains))
+    train_ids = corpus.docs["train"].ids
+    train_domains = corpus.docs["train"].domains
     return {
         "parent": manifest["parent"],
         "out": str(out),
         "fingerprint": manifest["fingerprint"],
         "settings": asdict(settings),
         "s_curve": s_curve(settings.bands, settings.rows),
-        "total": _counts(corpus, decision, np.ones(n, dtype=bool)),
-        "by_domain": counted,
+        "total": _counts(sums.sum(axis=0), decision),
+        "by_domain": {d: _counts(sums[i], decision) for i, d in enumerate(domains) if sums[i, 0]},
         "duplicates": [
             {
-                "removed": corpus.ids["train"][i],
-                "kept": corpus.ids[SPLITS[corpus.split[k]]][corpus.index[k]],
-                "kept_split": SPLITS[corpus.split[k]],
+                "removed": train_ids[i],
+                "kept": corpus.docs[split].ids[index],
+                "kept_split": split,
                 "kind": KINDS[decision.kind[i]],
-                "domain": domains[corpus.domain[i]],
+                "domain": domains[train_domains[i]],
             }
-            for i, k in ((int(i), int(decision.kept[i])) for i in np.flatnonzero(decision.removed))
+            for i, (split, index) in ((int(i), corpus.locate(int(k))) for i, k in zip(decision.removed_rows, decision.kept))
         ],
     }
 
 
-def _counts(corpus: Corpus, decision: Decision, mask: np.ndarray) -> dict[str, int | None]:
-    tokens = corpus.tokens[: len(mask)][mask]
-    removed = decision.removed[mask]
-    kinds = {kind: int(np.count_nonzero(decision.kind[mask] == i)) for i, kind in enumerate(KINDS)}
+_SUMS = ("documents_before", "documents_removed", "tokens_before", "tokens_removed", *KINDS, "cross_domain")
+
+
+def domain_sums(corpus: Corpus, decision: Decision, n_domains: int) -> np.ndarray:
+    """(domains, _SUMS) int64 counts over the train documents, a chunk of them at a time."""
+    train = corpus.docs["train"]
+    sums = np.zeros((n_domains, len(_SUMS)), dtype=np.float64)
+    for lo in range(0, corpus.n_train, CHUNK):
+        hi = min(lo + CHUNK, corpus.n_train)
+        domain, kind, tokens = train.domains[lo:hi], decision.kind[lo:hi], np.diff(train.offsets[lo : hi + 1])
+        cross = decision.cross_domain[lo:hi] if decision.cross_domain is not None else np.zeros(hi - lo, dtype=bool)
+        weights = (None, kind >= 0, tokens, tokens * (kind >= 0), *(kind == i for i in range(len(KINDS))), cross)
+        sums += np.stack([np.bincount(domain, w, minlength=n_domains) for w in weights], axis=1)
+    return sums.round().astype(np.int64)
+
+
+def _counts(sums: np.ndarray, decision: Decision) -> dict[str, int | None]:
+    c = dict(zip(_SUMS, (int(x) for x in sums)))
     return {
-        "documents_before": int(mask.sum()),
-        "documents_removed": int(removed.sum()),
-        "documents_after": int(mask.sum() - removed.sum()),
-        "tokens_before": int(tokens.sum()),
-        "tokens_removed": int(tokens[removed].sum()),
-        "tokens_after": int(tokens[~removed].sum()),
-        **kinds,
-        "cross_domain": None if decision.cross_domain is None else int(np.count_nonzero(decision.cross_domain[mask])),
+        "documents_before": c["documents_before"],
+        "documents_removed": c["documents_removed"],
+        "documents_after": c["documents_before"] - c["documents_removed"],
+        "tokens_before": c["tokens_before"],
+        "tokens_removed": c["tokens_removed"],
+        "tokens_after": c["tokens_before"] - c["tokens_removed"],
+        **{kind: c[kind] for kind in KINDS},
+        "cross_domain": None if decision.cross_domain is None else c["cross_domain"],
     }
 
 
