@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from languini.data import sources
-from languini.data.prepare import prepare
+from languini.data.prepare import TrainingSample, prepare
 
 JSONL_FINGERPRINT = "0286d4b9107c8306188bb56218de33223a852bcb1f956b807b74288fc3e51244"
 JSONL_FILES = "4482d01cb09dd415567443af56d2fa33fbcb9f81ec9d0969cdbbbfb3ffffe862"
@@ -105,6 +105,15 @@ def test_jsonl_corpus_prepares_to_the_recorded_dataset(tmp_path, monkeypatch, wo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sources, "TASK_BYTES", 20_000)
     assert prepare_jsonl(tmp_path, workers) == (JSONL_FINGERPRINT, JSONL_FILES)
+
+
+def test_sample_texts_left_behind_by_the_workers_are_fetched(tmp_path, monkeypatch):
+    """Workers send a train text only while it can still enter the tokenizer's sample; with
+    none sent, every kept one is read again, and the dataset is the same."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "TASK_BYTES", 20_000)
+    monkeypatch.setattr(TrainingSample, "ceiling", lambda self: -1)
+    assert prepare_jsonl(tmp_path, workers=2) == (JSONL_FINGERPRINT, JSONL_FILES)
 
 
 @pytest.mark.slow
