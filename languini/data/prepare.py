@@ -337,7 +337,7 @@ def write_splits(reading: Reading, corpus: Corpus, tok: Tokenizer, folder: Path,
         _TOKENIZERS.clear()
     splits = {name: writer.close() for name, writer in writers.items()}
     if any(splits[name]["documents"] != corpus.documents[name] for name in SPLITS):
-        raise UserError("the sources changed while they were being prepared; prepare them again once they are complete.")
+        raise SourcesChanged()
     return splits
 
 
@@ -346,8 +346,16 @@ def numbered(reading: Reading, corpus: Corpus) -> Iterator[Task]:
     numbers, counts = LineNumbers(), iter(corpus.lines)
     for task in reading.tasks():
         if isinstance(task, JsonlSlice):
-            task = replace(task, first_line=numbers.first(task, next(counts)))
+            lines = next(counts, None)
+            if lines is None:
+                raise SourcesChanged()
+            task = replace(task, first_line=numbers.first(task, lines))
         yield task
+
+
+class SourcesChanged(UserError):
+    def __init__(self) -> None:
+        super().__init__("the sources changed while they were being prepared; prepare them again once they are complete.")
 
 
 _TOKENIZERS: dict[str, Tokenizer] = {}  # per process: the tokenizer of the dataset being encoded

@@ -296,14 +296,15 @@ def _txt_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
     if not files:
         raise UserError(f"the folder {source.location} holds no .txt files.")
     for chunk in _chunks_by_size(files):
-        yield partial(read_text_files, chunk, source.label or source.natural_domain())
+        yield partial(read_text_files, chunk, source.label or source.natural_domain(), os.getcwd())
 
 
-def read_text_files(paths: Iterable[Path], domain: str) -> Batch:
-    """One document per file; its id is the file's path."""
+def read_text_files(paths: Iterable[Path], domain: str, cwd: str = "") -> Batch:
+    """One document per file; its id is the file's path as found (relative paths are read
+    from `cwd`, the caller's, for a worker that runs elsewhere)."""
     batch = Batch()
     for path in paths:
-        batch.documents.append(Document(_read_file(batch, path), path.as_posix(), domain))
+        batch.documents.append(Document(_read_file(batch, Path(cwd, path)), path.as_posix(), domain))
     return batch
 
 
