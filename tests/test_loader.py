@@ -87,3 +87,14 @@ def test_shards_are_hashed_once_per_machine_until_one_changes(tmp_path, monkeypa
     shard.unlink()
     with pytest.raises(UserError, match="is missing"):
         data.verify_shards("train")
+
+
+def test_document_ids_travel_to_other_processes(tmp_path):
+    import pickle
+
+    from languini.data import loader
+
+    path = tmp_path / "doc_ids.jsonl"
+    path.write_text('"x"\n"y"\n')
+    lazy = loader.DocIds(path)
+    assert lazy[1] == "y" and pickle.loads(pickle.dumps(lazy))[0] == "x"

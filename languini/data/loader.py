@@ -95,9 +95,19 @@ class DocIds(Sequence[str]):
             raise IndexError(f"document {index} is not in a split of {n}")
         i = int(index) % n
         lo, hi = int(self._starts[i]), int(self._starts[i + 1])
-        with open(self.path, "rb") as f:
-            f.seek(lo)
-            return json.loads(f.read(hi - lo))
+        return json.loads(os.pread(self._fd, hi - lo, lo))
+
+    @cached_property
+    def _fd(self) -> int:
+        """Kept open: writers of derived datasets look up every kept document's id in turn."""
+        return os.open(self.path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        if "_fd" in vars(self):
+            os.close(self._fd)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "_fd"}
 
     def __iter__(self) -> Iterator[str]:
         with open(self.path, encoding="utf-8") as f:
