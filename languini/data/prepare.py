@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from array import array
 import os
 import sys
 from collections import Counter, deque
@@ -195,12 +196,13 @@ class Reading:
     def tasks(self) -> Iterator[Task]:
         return (task for source in self.sources for task in read_tasks(source, self.options))
 
-    def kept(self, batch: Batch) -> Iterator[tuple[Document, bytes, str]]:
-        """The batch's non-empty documents with their UTF-8 text and split."""
-        for doc in batch.documents:
-            if doc.text:
-                data = doc.text.encode("utf-8")
-                yield doc, data, split_of(data, self.fractions)
+
+def kept(batch: Batch, fractions: Sequence[float]) -> Iterator[tuple[Document, bytes, str]]:
+    """The batch's non-empty documents with their UTF-8 text and split."""
+    for doc in batch.documents:
+        if doc.text:
+            data = doc.text.encode("utf-8")
+            yield doc, data, split_of(data, fractions)
 
 
 @dataclass
@@ -220,14 +222,14 @@ class Scan:
     texts: list[str | None] = field(default_factory=list)  # its capped text if under the ceiling
 
 
-def scan(reading: Reading, task: Task, sample: tuple[bytes, int, int] | None) -> Scan:
+def scan(fractions: Sequence[float], task: Task, sample: tuple[bytes, int, int] | None) -> Scan:
     """Pass one of one task (run by a worker): split, count, hash for the sample.
 
     `sample` is (key, cap, ceiling): texts hashed above the ceiling stay behind."""
     batch = task()
     result = Scan(bad_lines=batch.bad_lines, replaced=batch.replaced, lines=batch.lines, bad_at=batch.bad_at)
     result.empty = sum(1 for doc in batch.documents if not doc.text)
-    for doc, data, name in reading.kept(batch):
+    for doc, data, name in kept(batch, fractions):
         result.documents[name] += 1
         result.domains.add(doc.domain)
         if sample is not None and name == "train":
@@ -239,9 +241,9 @@ def scan(reading: Reading, task: Task, sample: tuple[bytes, int, int] | None) ->
     return result
 
 
-def sample_texts(reading: Reading, task: Task, cap: int, wanted: list[int]) -> list[str]:
+def sample_texts(fractions: Sequence[float], task: Task, cap: int, wanted: list[int]) -> list[str]:
     """The capped texts of the task's train documents numbered `wanted` (run by a worker)."""
-    train = [doc.text for doc, _, name in reading.kept(task()) if name == "train"]
+    train = [doc.text for doc, _, name in kept(task(), fractions) if name == "train"]
     return [train[i][:cap] for i in wanted]
 
 
@@ -254,7 +256,7 @@ class Corpus:
     bad_lines: int = 0
     replaced: int = 0
     empty: int = 0
-    lines: list[int] = field(default_factory=list)  # per JSON-lines slice, in task order: its line count
+    lines: array = field(default_factory=lambda: array("q"))  # per JSON-lines slice, in task order: its line count
 
     def add(self, result: Scan) -> None:
         self.documents.update(result.documents)
@@ -273,7 +275,7 @@ def read_corpus(reading: Reading, sample: TrainingSample | None, pool: Executor 
     def jobs() -> Iterator[Callable[[], Scan]]:
         for task in reading.tasks():
             handed.append(task)
-            yield partial(scan, reading, task, (sample.key, sample.cap, sample.ceiling()) if sample else None)
+            yield partial(scan, reading.fractions, task, (sample.key, sample.cap, sample.ceiling()) if sample else None)
 
     with tqdm(desc="read", unit=" docs", disable=not progress, file=sys.stderr) as bar:
         for k, result in enumerate(run_tasks(pool, jobs(), window=2 * workers)):
@@ -300,7 +302,7 @@ def _fetch_sample(reading: Reading, sample: TrainingSample, pool: Executor | Non
     wanted: dict[int, list[int]] = {}
     for k, i in sorted(sample.missing()):
         wanted.setdefault(k, []).append(i)
-    jobs = (partial(sample_texts, reading, task, sample.cap, wanted[k]) for k, task in enumerate(reading.tasks()) if k in wanted)
+    jobs = (partial(sample_texts, reading.fractions, task, sample.cap, wanted[k]) for k, task in enumerate(reading.tasks()) if k in wanted)
     texts = {}
     for k, found in zip(sorted(wanted), run_tasks(pool, jobs, window=2 * workers)):
         texts.update({(k, i): text for i, text in zip(wanted[k], found)})
@@ -329,7 +331,7 @@ def write_splits(reading: Reading, corpus: Corpus, tok: Tokenizer, folder: Path,
     entry = tok.manifest_entry()
     try:
         with tqdm(total=sum(corpus.documents.values()), desc="encode", unit=" docs", disable=not progress, file=sys.stderr) as bar:
-            for batches in run_tasks(pool, (partial(encode_task, reading, entry, folder, task) for task in numbered(reading, corpus)), window=2 * workers):
+            for batches in run_tasks(pool, (partial(encode_task, reading.fractions, entry, folder, task) for task in numbered(reading, corpus)), window=2 * workers):
                 for batch in batches:
                     writers[batch.split].add(batch)
                     bar.update(len(batch.docs))
@@ -361,7 +363,7 @@ class SourcesChanged(UserError):
 _TOKENIZERS: dict[str, Tokenizer] = {}  # per process: the tokenizer of the dataset being encoded
 
 
-def encode_task(reading: Reading, entry: dict[str, Any], folder: Path, task: Task) -> list[EncodedBatch]:
+def encode_task(fractions: Sequence[float], entry: dict[str, Any], folder: Path, task: Task) -> list[EncodedBatch]:
     """Read one task's documents and tokenise them, one batch per split (run by a worker).
 
     A worker opens the tokenizer once, with one thread: the worker processes are the
@@ -372,7 +374,7 @@ def encode_task(reading: Reading, entry: dict[str, Any], folder: Path, task: Tas
         _TOKENIZERS[key] = open_tokenizer(entry, folder, threads=1)
     tok = _TOKENIZERS[key]
     by_split: dict[str, list[tuple[Document, int]]] = {name: [] for name in SPLITS}
-    for doc, data, name in reading.kept(task()):
+    for doc, data, name in kept(task(), fractions):
         by_split[name].append((doc, len(data)))
     return [encode_documents(tok, name, docs) for name, docs in by_split.items() if docs]
 
