@@ -220,6 +220,7 @@ def main() -> None:
                 result = run_code(code, corpus, root / f"work-{name}-{gb:g}", args.workers, args.interval)
                 rows[name].append({"text_gb": gb, "corpus": {k: v for k, v in corpus.items() if k != "files"}, **result})
                 load.append(os.getloadavg()[0])
+                path = save(rows, load, args.workers)  # after every run: a long benchmark keeps what it measured
                 print(name, gb, json.dumps({c: {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
                                             for c, r in result.items()}), flush=True)
             if not args.keep:
@@ -227,11 +228,14 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    print(f"wrote {path}")
+
+
+def save(rows: dict[str, list[dict[str, Any]]], load: list[float], workers: int) -> Path:
     growth = {name: {f"{c}_{k}_bytes_per_document": slope_per_document(r, c, k) for c in ("prepare", "dedup", "mixed_stream")
                      for k in ("peak_anon_mb", "peak_pss_mb")} for name, r in rows.items()}
-    path = write_result("scale-cpu", {"workers": args.workers, "load_average_1min": load, "sizes": rows, "growth": growth,
+    return write_result("scale-cpu", {"workers": workers, "load_average_1min": load, "sizes": rows, "growth": growth,
                                       "targets": {"prepare_peak_disk_over_output": 1.3}})
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

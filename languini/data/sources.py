@@ -450,6 +450,9 @@ def _line_start(f: io.BufferedIOBase, pos: int) -> int:
     """Where the first line starting at or after byte `pos` begins (the file's size if none)."""
     if pos <= 0:
         return 0
+    size = os.fstat(f.fileno()).st_size
+    if pos >= size:
+        return size
     f.seek(pos - 1)
     offset = pos - 1
     while block := f.read(1 << 16):
