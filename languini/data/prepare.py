@@ -333,7 +333,10 @@ def write_splits(reading: Reading, corpus: Corpus, tok: Tokenizer, folder: Path,
         with tqdm(total=sum(corpus.documents.values()), desc="encode", unit=" docs", disable=not progress, file=sys.stderr) as bar:
             for batches in run_tasks(pool, (partial(encode_task, reading.fractions, entry, folder, task) for task in numbered(reading, corpus)), window=2 * workers):
                 for batch in batches:
-                    writers[batch.split].add(batch)
+                    try:
+                        writers[batch.split].add(batch)
+                    except KeyError:  # a domain pass one did not see
+                        raise SourcesChanged() from None
                     bar.update(len(batch.docs))
     finally:
         _TOKENIZERS.clear()
@@ -356,6 +359,9 @@ def numbered(reading: Reading, corpus: Corpus) -> Iterator[Task]:
 
 
 class SourcesChanged(UserError):
+    """Pass two read other documents than pass one counted: the counts, the tokenizer's
+    sample and the shards would not belong together."""
+
     def __init__(self) -> None:
         super().__init__("the sources changed while they were being prepared; prepare them again once they are complete.")
 
