@@ -6,7 +6,9 @@ domain with a vocabulary of its own; document lengths log-normal (median 300 wor
 1); 3% of the documents are near-duplicates of an earlier one (1% of its words replaced, at least one).
 It is written as plain `.jsonl` files of at most 256 MB each, as corpora are shipped.
 
-Each command runs as a subprocess through the CLI, and a sampler reads /proc every
+Each command runs as a subprocess through the CLI, timed in wall-clock and in CPU seconds
+of all its processes (on a shared machine the CPU seconds compare two versions better: a
+version running more processes gets more of a loaded machine), and a sampler reads /proc every
 `--interval` seconds for the whole process tree (driver, pool workers, forkserver): peak
 RSS summed over the tree (shared pages of forked workers counted once per process, so an
 upper bound), peak PSS (shared pages split between their processes: the tree's real
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -140,6 +143,7 @@ def _disk(paths: list[Path]) -> int:
 def measure(cmd: list[str], env: dict[str, str], disk_paths: list[Path], interval: float) -> dict[str, Any]:
     """Run `cmd`, sampling its process tree; its stdout (JSON) comes back under `output`."""
     peaks = {"rss": 0, "pss": 0, "anon": 0, "disk": 0}
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = threading.Event()
@@ -160,7 +164,9 @@ def measure(cmd: list[str], env: dict[str, str], disk_paths: list[Path], interva
     sampler.join()
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mb": peaks["rss"] / 1e6, "peak_pss_mb": peaks["pss"] / 1e6,
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)  # every process of the tree, once reaped
+    cpu_s = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu_s, 2), "peak_rss_mb": peaks["rss"] / 1e6, "peak_pss_mb": peaks["pss"] / 1e6,
             "peak_anon_mb": peaks["anon"] / 1e6, "peak_disk_mb": peaks["disk"] / 1e6, "output": out}
 
 
@@ -204,6 +210,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between /proc samples")
     parser.add_argument("--baseline", type=Path, default=None, help="another languini checkout to measure beside this one")
     parser.add_argument("--keep", type=Path, default=None, help="generate into (and keep) this folder")
+    parser.add_argument("--name", default="scale-cpu", help="results/NAME.json")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="languini-scale-"))
     codes = {"after": REPO, **({"before": args.baseline.resolve()} if args.baseline else {})}
@@ -220,7 +227,7 @@ def main() -> None:
                 result = run_code(code, corpus, root / f"work-{name}-{gb:g}", args.workers, args.interval)
                 rows[name].append({"text_gb": gb, "corpus": {k: v for k, v in corpus.items() if k != "files"}, **result})
                 load.append(os.getloadavg()[0])
-                path = save(rows, load, args.workers)  # after every run: a long benchmark keeps what it measured
+                path = save(args.name, rows, load, args.workers)  # after every run: a long benchmark keeps what it measured
                 print(name, gb, json.dumps({c: {k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}
                                             for c, r in result.items()}), flush=True)
             if not args.keep:
@@ -231,10 +238,10 @@ def main() -> None:
     print(f"wrote {path}")
 
 
-def save(rows: dict[str, list[dict[str, Any]]], load: list[float], workers: int) -> Path:
+def save(name: str, rows: dict[str, list[dict[str, Any]]], load: list[float], workers: int) -> Path:
     growth = {name: {f"{c}_{k}_bytes_per_document": slope_per_document(r, c, k) for c in ("prepare", "dedup", "mixed_stream")
                      for k in ("peak_anon_mb", "peak_pss_mb")} for name, r in rows.items()}
-    return write_result("scale-cpu", {"workers": workers, "load_average_1min": load, "sizes": rows, "growth": growth,
+    return write_result(name, {"workers": workers, "load_average_1min": load, "sizes": rows, "growth": growth,
                                       "targets": {"prepare_peak_disk_over_output": 1.3}})
 
 
