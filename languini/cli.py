@@ -75,6 +75,10 @@ def _quiet_libraries(ctx: click.Context, param: click.Parameter, progress: bool)
 
 progress_option = click.option("--progress/--no-progress", default=True, show_default=True,
                                callback=_quiet_libraries, help="Progress bars on stderr.")
+verify_data_option = click.option(
+    "--verify-data", is_flag=True,
+    help="Hash every train shard against the manifest even if this machine verified it before "
+         "(by default a shard is hashed once per machine and again only when its size, mtime, ctime or inode changes).")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -663,6 +667,7 @@ def _charged(b: Any) -> str:
               help="Continue the run in --out from its newest good checkpoint (refused if the config or data changed).")
 @click.option("--force", is_flag=True, help="Replace an existing run directory (with --resume: accept changes).")
 @stability_options
+@verify_data_option
 @progress_option
 @json_option
 def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None, device: str,
@@ -670,7 +675,8 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
               any_tokenizer: bool, cert_path: Path | None,
               calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
               eval_every: int | None, log_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool,
-              allow_noisy: bool, spread_tolerance: float, max_rounds: int, progress: bool, as_json: bool) -> None:
+              allow_noisy: bool, spread_tolerance: float, max_rounds: int, verify_data: bool, progress: bool,
+              as_json: bool) -> None:
     """Measure throughput, train exactly the class's token budget, evaluate on the test split.
 
     Checkpoints go to OUT/checkpoints every --checkpoint-every; Ctrl-C or SIGTERM finishes the
@@ -698,14 +704,14 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
                      _calibration(calibration_path, device_factor), progress, mix, any_tokenizer,
                      stability=_stability(allow_noisy, spread_tolerance, max_rounds))
     if resume_:
-        result = trainer.resume(out, p, force, progress)
+        result = trainer.resume(out, p, force, progress, verify_data=verify_data)
         if result is not None:
             emit(as_json, result, _summary(result, out))
         return
     if not as_json:
         click.echo(f"budget: {_budget_line(p.budget)}; measured {p.budget.tokens_per_second:,.0f} tokens/s "
                    f"on {p.budget.device}", err=True)
-    result = trainer.train(p, out, force=force, progress=progress)
+    result = trainer.train(p, out, force=force, progress=progress, verify_data=verify_data)
     if result is not None:  # None on the other ranks under torchrun
         emit(as_json, result, _summary(result, out))
 
@@ -740,16 +746,17 @@ def _summary(r: dict[str, Any], run: Path) -> str:
 
 @main.command("resume")
 @click.argument("run_dir", type=click.Path(path_type=Path))
+@verify_data_option
 @progress_option
 @json_option
-def resume_cmd(run_dir: Path, progress: bool, as_json: bool) -> None:
+def resume_cmd(run_dir: Path, verify_data: bool, progress: bool, as_json: bool) -> None:
     """Continue an interrupted run from its newest good checkpoint, as it was configured.
 
     A checkpoint that fails its checksum is skipped (with a warning) for the previous one.
     """
     from languini import trainer
 
-    result = trainer.resume(run_dir, progress=progress)
+    result = trainer.resume(run_dir, progress=progress, verify_data=verify_data)
     if result is not None:
         emit(as_json, result, _summary(result, run_dir))
 

@@ -338,9 +338,10 @@ def _save(run: RunDir, p: Plan, trainable: Trainable, batches: Any, counters: Co
         })
 
 
-def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = True, verify_data: bool = False) -> dict[str, Any]:
     """Train exactly the planned budget in a new run directory, then evaluate on the test split.
 
+    `verify_data` hashes every train shard even where this machine verified it before.
     Returns the result (None on ranks other than 0 under torchrun)."""
     w = world()
     if w.is_main:
@@ -350,7 +351,7 @@ def train(p: Plan, run_path: str | Path, force: bool = False, progress: bool = T
     with main_only(w, run.lock()):
         if w.is_main:
             write_plan(run, p)
-        return _run(run, p, None, progress)
+        return _run(run, p, None, progress, verify_data)
 
 
 def write_plan(run: RunDir, p: Plan) -> None:
@@ -388,7 +389,7 @@ def differences(a: dict[str, str], b: dict[str, str]) -> list[str]:
 
 
 def resume(run_path: str | Path, new: Plan | None = None, force: bool = False, progress: bool = True,
-           warn: Callable[[str], None] = to_stderr) -> dict[str, Any]:
+           warn: Callable[[str], None] = to_stderr, verify_data: bool = False) -> dict[str, Any]:
     """Continue a run from its newest good checkpoint; a changed config or dataset needs force."""
     run = RunDir.open(run_path)
     if run.result.exists():
@@ -404,10 +405,10 @@ def resume(run_path: str | Path, new: Plan | None = None, force: bool = False, p
             raise UserError(f"The run's {', '.join(changed)} changed since its checkpoint; pass --force to resume anyway.")
         if changed and world().is_main:
             warn(f"warning: the run's {', '.join(changed)} changed since its checkpoint; resuming anyway (--force).")
-        return _run(run, p, state, progress)
+        return _run(run, p, state, progress, verify_data)
 
 
-def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool, verify_data: bool) -> dict[str, Any]:
     """The loop, from scratch (state None) or from a checkpoint, then the final evaluation."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -416,7 +417,7 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool) -> 
     tcfg, budget, seq_len = p.tcfg, p.budget, p.model_cfg.seq_len
     w = world()
     main = w.is_main
-    p.data.verify_shards("train")
+    p.data.verify_shards("train", force=verify_data)
     dev = devices.resolve(w.device(tcfg.device))
     torch.manual_seed(tcfg.seed)
     trainable = Trainable.build(p.family, p.model_cfg, tcfg, dev, w)

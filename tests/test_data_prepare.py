@@ -167,6 +167,39 @@ def test_bad_lines_and_invalid_utf8_are_counted(tmp_path):
     assert sum(s["documents"] for s in manifest["splits"].values()) == 61
 
 
+def test_a_bad_line_deep_in_a_large_file_is_named_by_its_line(tmp_path, monkeypatch):
+    """Workers read slices of a large file without knowing their first line; the message
+    still names the line, counted from the slices before it."""
+    monkeypatch.setattr(sources, "TASK_BYTES", 2_000)
+    corpus = write_corpus(tmp_path / "c.jsonl", texts(300))
+    lines = corpus.read_bytes().split(b"\n")
+    lines[250] = b"{broken"
+    corpus.write_bytes(b"\n".join(lines))
+    with pytest.raises(UserError, match=r"c\.jsonl:251: malformed JSON"):
+        prepare([str(corpus)], tmp_path / "data", tokenizer="bytes", split=(0.5, 0.25, 0.25), workers=2, progress=False)
+    manifest = prepare([str(corpus)], tmp_path / "data", tokenizer="bytes", split=(0.5, 0.25, 0.25), skip_bad_lines=True, **FAST)
+    assert manifest["bad_lines_skipped"] == 1 and sum(s["documents"] for s in manifest["splits"].values()) == 299
+
+
+def test_a_source_that_changes_between_the_passes_is_refused(tmp_path, monkeypatch):
+    """Pass two reads the sources again: a file that grew in between would make the counts
+    and the shards disagree, so the run stops instead."""
+    from languini.data import prepare as module
+
+    corpus = write_corpus(tmp_path / "c.jsonl", texts(100))
+    train_tokenizer = module.make_tokenizer
+
+    def growing(*args, **kwargs):
+        with corpus.open("a") as f:
+            f.write(json.dumps({"text": "a late arrival"}) + "\n")
+        return train_tokenizer(*args, **kwargs)
+
+    monkeypatch.setattr(module, "make_tokenizer", growing)
+    with pytest.raises(UserError, match="the sources changed while they were being prepared"):
+        prepare([str(corpus)], tmp_path / "data", tokenizer="bytes", split=(0.5, 0.25, 0.25), **FAST)
+    assert not (tmp_path / "data").exists() and no_leftovers(tmp_path)
+
+
 def test_out_holding_another_dataset_is_refused_unless_forced(tmp_path):
     corpus = write_corpus(tmp_path / "c.jsonl", texts(60))
     out = tmp_path / "data"

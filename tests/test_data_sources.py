@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import gzip
 import io
 import json
@@ -236,3 +237,22 @@ def test_python_prose_agrees_with_tokenize_and_ast(index):
             doc = ast.get_docstring(node)
             if doc and "\\" not in doc:  # escapes are kept as written, ast interprets them
                 assert doc.strip() in prose, (path, node)
+
+
+@pytest.mark.parametrize("task_bytes", [7, 64, 1000, 10**6])
+def test_slices_of_a_file_hold_every_line_once_with_its_number(tmp_path, monkeypatch, task_bytes):
+    """Slice edges fall anywhere (mid-line, on a newline, past lines longer than a slice);
+    the lines come out once each, in order, numbered as in the file."""
+    import random
+
+    rng = random.Random(task_bytes)
+    records = [{"text": "x" * rng.choice([0, 1, 5, 300]) + str(i), "meta": {"set": "web"}} for i in range(120)]
+    path = write_jsonl(tmp_path / "c.jsonl", records, extra_lines=(b"\n", b'{"text": "last, no newline"}'))
+    monkeypatch.setattr(sources, "TASK_BYTES", task_bytes)
+    numbers, docs = sources.LineNumbers(), []
+    for task in read_tasks(parse_source(str(path)), ReadOptions()):
+        blind = dataclasses.replace(task, first_line=None)
+        first = numbers.first(task, blind().lines)
+        docs += dataclasses.replace(task, first_line=first)().documents
+    assert [d.text for d in docs] == [r["text"] for r in records] + ["last, no newline"]
+    assert [d.id for d in docs] == [f"{path}:{n}" for n in [*range(1, 121), 122]]

@@ -39,3 +39,62 @@ def test_documents_carry_their_source_ids(tmp_path):
     assert sorted(ids) == sorted(f"d{i}" for i in range(60))
     docs = data.documents("train")
     assert len(docs.ids) == len(docs.offsets) - 1 == len(docs.domains)
+
+
+def test_document_ids_are_read_on_demand_and_compare_as_a_list(tmp_path):
+    import json
+
+    from languini.data import loader
+
+    ids = ["a", "b\nwith a newline", "ünï", "", "d" * 5000]
+    path = tmp_path / "doc_ids.jsonl"
+    path.write_text("".join(json.dumps(i) + "\n" for i in ids), encoding="utf-8")
+    lazy = loader.DocIds(path)
+    assert list(lazy) == ids and lazy == ids and ids == lazy and lazy != ids[:-1]
+    assert len(lazy) == 5 and lazy[1] == ids[1] and lazy[-1] == ids[-1] and lazy[np.int64(2)] == "ünï"
+    assert lazy[1:4] == ids[1:4] and "_starts" in vars(lazy)  # indexing built the offsets index once
+    (tmp_path / "empty.jsonl").write_text("")
+    assert len(loader.DocIds(tmp_path / "empty.jsonl")) == 0 and list(loader.DocIds(tmp_path / "empty.jsonl")) == []
+
+
+def test_shards_are_hashed_once_per_machine_until_one_changes(tmp_path, monkeypatch):
+    import json
+    import os
+
+    import pytest
+
+    from languini.data import loader
+    from languini.data.prepare import prepare
+    from languini.errors import UserError
+
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"document number {i} " * 20}) + "\n" for i in range(200)))
+    prepare([str(corpus)], tmp_path / "data", tokenizer="bytes", split=(0.8, 0.1, 0.1), shard_tokens=5000, progress=False)
+    data = loader.PreparedData(tmp_path / "data")
+    assert data.verify_shards("train")  # just written: hashed, and too fresh to be stamped
+    assert data.verify_shards("train")
+    monkeypatch.setattr(loader, "RACY_NS", 0)
+    assert data.verify_shards("train") and not data.verify_shards("train")  # stamped, then trusted
+    assert data.verify_shards("train", force=True)
+    shard = tmp_path / "data" / data.manifest["splits"]["train"]["shards"][1]["file"]
+    before = shard.stat()
+    tokens = np.load(shard)
+    tokens[7] = (tokens[7] + 1) % 256
+    np.save(shard, tokens)  # same size; and the mtime put back: the ctime still tells
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(UserError, match="does not match its checksum"):
+        data.verify_shards("train")
+    shard.unlink()
+    with pytest.raises(UserError, match="is missing"):
+        data.verify_shards("train")
+
+
+def test_document_ids_travel_to_other_processes(tmp_path):
+    import pickle
+
+    from languini.data import loader
+
+    path = tmp_path / "doc_ids.jsonl"
+    path.write_text('"x"\n"y"\n')
+    lazy = loader.DocIds(path)
+    assert lazy[1] == "y" and pickle.loads(pickle.dumps(lazy))[0] == "x"

@@ -10,18 +10,21 @@ outlasts the data wraps around (the epoch count is reported).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from languini.errors import UserError
-from languini.io import read_json, sha256_file
+from languini.io import atomic_write_json, read_json, sha256_file
 
 SPLITS = ("train", "validation", "test")
 
@@ -55,13 +58,85 @@ class TokenStream:
         return self.read(0, len(self))
 
 
+class DocIds(Sequence[str]):
+    """A split's document ids, read from `doc_ids.jsonl` when asked for, never all held.
+
+    A terabyte corpus has hundreds of millions of documents, and a list of their ids would
+    take tens of GB; iterating streams the file, and indexing uses the start of each line
+    (8 bytes per document), found by one scan on first use. Equal to any sequence of the same
+    ids, so it stands where a list did.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @cached_property
+    def _starts(self) -> np.ndarray:
+        """Byte offsets of each line's start, plus the file's size."""
+        size = self.path.stat().st_size
+        starts = [np.zeros(1, dtype=np.int64)]
+        with open(self.path, "rb") as f:
+            offset = 0
+            while block := f.read(IDS_SCAN_BYTES):
+                ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10) + offset + 1
+                starts.append(ends.astype(np.int64))
+                offset += len(block)
+        out = np.concatenate(starts)
+        return out if out[-1] == size else np.append(out, size)
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"document {index} is not in a split of {n}")
+        i = int(index) % n
+        lo, hi = int(self._starts[i]), int(self._starts[i + 1])
+        return json.loads(os.pread(self._fd, hi - lo, lo))
+
+    @cached_property
+    def _fd(self) -> int:
+        """Kept open: writers of derived datasets look up every kept document's id in turn."""
+        return os.open(self.path, os.O_RDONLY)
+
+    def __del__(self) -> None:
+        if "_fd" in vars(self):
+            os.close(self._fd)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "_fd"}
+
+    def __iter__(self) -> Iterator[str]:
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DocIds({str(self.path)!r})"
+
+
+IDS_SCAN_BYTES = 16 << 20
+
+
 @dataclass(frozen=True)
 class Documents:
-    """Per-document metadata of a split, in stream order."""
+    """Per-document metadata of a split, in stream order. The arrays are memory maps of the
+    split's index files and the ids are read on demand, so opening a split costs no memory
+    that grows with its documents."""
 
     offsets: np.ndarray  # n_docs + 1 token offsets; doc i is [off[i], off[i+1]) incl. its EOD
     domains: np.ndarray  # index into PreparedData.domains
-    ids: list[str]
+    ids: Sequence[str]
 
 
 class PreparedData:
@@ -110,12 +185,34 @@ class PreparedData:
             raise UserError(f"Split '{split}' of {self.path} holds fewer than two tokens.")
         return stream
 
-    def verify_shards(self, split: str) -> None:
-        """Stop on a shard whose bytes are not the ones the manifest recorded."""
-        for shard in self._check_split(split)["shards"]:
+    def verify_shards(self, split: str, force: bool = False) -> bool:
+        """Stop on a shard whose bytes are not the ones the manifest recorded.
+
+        Hashing a terabyte of shards takes minutes, so it is done once per dataset and machine:
+        a stamp beside the data records each verified shard's size, mtime, ctime and inode, and
+        a shard whose four are unchanged is not hashed again. Any rewrite changes the ctime
+        (which, unlike the mtime, cannot be set back), a replacement the inode. A shard changed
+        within the clock's granularity of its verification could keep all four, so shards
+        changed less than `RACY_NS` before verification are not stamped (git's "racily clean").
+        `force` hashes every shard. Returns whether any was hashed.
+        """
+        shards = self._check_split(split)["shards"]
+        stamp = _VerifyStamp(self)
+        states = {}
+        for shard in shards:
             path = self.path / shard["file"]
-            if not path.exists() or sha256_file(path) != shard["sha256"]:
+            states[shard["file"]] = _file_state(path)
+            if states[shard["file"]] is None:
+                raise UserError(f"Shard {path} listed in the manifest is missing; prepare the data again.")
+        todo = [s for s in shards if force or stamp.get(split, s["file"]) != states[s["file"]]]
+        started = time.time_ns()
+        for shard in todo:
+            path = self.path / shard["file"]
+            if sha256_file(path) != shard["sha256"]:
                 raise UserError(f"Shard {path} does not match its checksum in the manifest; prepare the data again.")
+        if todo:
+            stamp.record(split, {f: state for f, state in states.items() if state[2] < started - RACY_NS})
+        return bool(todo)
 
     def texts(self, split: str) -> Iterator[str]:
         """Each document of a split decoded, in stream order: the text its metrics count."""
@@ -126,12 +223,46 @@ class PreparedData:
     def documents(self, split: str) -> Documents:
         self._check_split(split)
         folder = self.path / split
-        lines = (folder / "doc_ids.jsonl").read_text(encoding="utf-8").splitlines()
         return Documents(
-            offsets=np.load(folder / "doc_offsets.npy"),
-            domains=np.load(folder / "doc_domains.npy"),
-            ids=[json.loads(line) for line in lines],
+            offsets=np.load(folder / "doc_offsets.npy", mmap_mode="r"),
+            domains=np.load(folder / "doc_domains.npy", mmap_mode="r"),
+            ids=DocIds(folder / "doc_ids.jsonl"),
         )
+
+
+RACY_NS = 2_000_000_000  # coarser than any filesystem's timestamps, NFS server clocks included
+
+
+def _file_state(path: Path) -> list[int] | None:
+    """What changes whenever a file's bytes do: size, mtime, ctime, inode (None if missing)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+class _VerifyStamp:
+    """`.languini-verified-HOST.json` beside the data: the shards verified on this machine
+    (another machine sees other inodes and ctimes of shared storage, and verifies for itself)."""
+
+    def __init__(self, data: PreparedData) -> None:
+        self.path = data.path / f".languini-verified-{socket.gethostname()}.json"
+        self.fingerprint = data.fingerprint
+        try:
+            stamp = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stamp = {}
+        self.splits = stamp.get("splits", {}) if isinstance(stamp, dict) and stamp.get("fingerprint") == self.fingerprint else {}
+
+    def get(self, split: str, file: str) -> list[int] | None:
+        return self.splits.get(split, {}).get(file)
+
+    def record(self, split: str, states: dict[str, list[int]]) -> None:
+        """Keep the new states; on a read-only data folder, verify again next time."""
+        self.splits[split] = states
+        with contextlib.suppress(OSError):
+            atomic_write_json(self.path, {"fingerprint": self.fingerprint, "splits": self.splits})
 
 
 class StreamBatches:
@@ -170,9 +301,10 @@ class MixedStreams:
         docs = data.documents(split)
         self.domains = [d for d in data.domains if weights.get(d, 0) > 0]
         self.weights = np.array([weights[d] for d in self.domains]) / sum(weights[d] for d in self.domains)
-        self.order = []
+        self.order = []  # per domain, its documents in a seeded order: 4 bytes each (the one per-document cost)
+        index_type = np.int32 if len(docs.domains) < 1 << 31 else np.int64
         for i, d in enumerate(self.domains):
-            members = np.flatnonzero(docs.domains == data.domains.index(d))
+            members = np.flatnonzero(docs.domains == data.domains.index(d)).astype(index_type)
             if not len(members):
                 raise UserError(f"Domain '{d}' has no {split} documents.")
             self.order.append(np.random.default_rng([seed, i]).permutation(members))

@@ -1,9 +1,12 @@
 """`languini data prepare`: sources in, a tokenised, split, sharded dataset folder out.
 
-Two passes, both on a pool of worker processes. Pass one reads every source, puts each
-document in a split by a hash of its text, keeps a seeded sample of the train split for the
-tokenizer and spills the documents to a temporary file; then the tokenizer is trained on the
-sample; pass two tokenises the spill and writes the splits (see `shards`). The folder is built under a temporary name
+Two passes over the sources, both on a pool of worker processes (or Ray tasks), each worker
+reading its own files and line-aligned byte ranges of large ones. Pass one puts each
+document in a split by a hash of its text, counts, and finds the seeded sample of the train
+split the tokenizer is trained on; then the tokenizer is trained; pass two reads the sources
+again, each worker tokenising what it read, and the splits are written shard by shard (see
+`shards`). Nothing but the output is written: no copy of the corpus waits on disk between
+the passes, so peak disk is the dataset itself. The folder is built under a temporary name
 and moved into place only when complete, so a failure never leaves half a dataset where a
 good one stood.
 """
@@ -12,16 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from array import array
 import os
-import pickle
 import sys
-from collections import Counter
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from itertools import chain
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -31,7 +34,7 @@ from languini.data.executors import Executor, executor, run_tasks
 from languini.data.identity import compute_identity
 from languini.data.loader import PreparedData
 from languini.data.shards import DEFAULT_SHARD_TOKENS, DocInfo, EncodedBatch, SplitWriter, token_dtype
-from languini.data.sources import ReadOptions, Source, parse_source, read_tasks
+from languini.data.sources import Batch, BadRecordError, Document, JsonlSlice, LineNumbers, ReadOptions, Source, Task, parse_source, read_tasks
 from languini.data.tokenizer import Tokenizer, check_tokenizer_name, make_tokenizer, needs_training, open_tokenizer
 from languini.errors import UserError
 from languini.io import atomic_dir, atomic_write_json, read_json, to_json
@@ -42,10 +45,6 @@ DEFAULT_SAMPLE_BYTES = 2_000_000
 """Train text the SentencePiece trainer sees. Training runs on one core while the others
 wait, so it is kept small; on the stdlib an 8k vocabulary trained on 2 MB needs only 0.6%
 more tokens than one trained on 3 MB."""
-SPILL_BATCH_BYTES = 4 << 20  # text per encoding task
-_SPILL = ".documents.pickle"
-
-Record = tuple[str, str, str, str, int]  # a spilled document: text, id, domain, split, UTF-8 bytes
 
 
 def prepare(
@@ -97,13 +96,14 @@ def prepare(
     }
     out = Path(out)
     check_out(out, request, None, force)
+    reading = Reading(parsed, ReadOptions(domain_field, skip_bad_lines), fractions)
     with atomic_dir(out) as tmp, executor(executor_kind, workers) as pool:
         sample = TrainingSample(sample_bytes, seed) if trains else None
-        corpus = read_corpus(parsed, ReadOptions(domain_field, skip_bad_lines), tmp / _SPILL, fractions, sample, pool, workers, progress)
+        corpus = read_corpus(reading, sample, pool, workers, progress)
         if sample and progress:
             tqdm.write(f"training a {vocab_size}-piece SentencePiece BPE on {sample.size / 1e6:.2f} MB of train text", file=sys.stderr)
         tok = make_tokenizer(tokenizer, tmp, vocab_size=vocab_size, sample=sample.texts() if sample else (), seed=seed)
-        splits = write_splits(corpus, tok, tmp, shard_tokens, pool, workers, progress)
+        splits = write_splits(reading, corpus, tok, tmp, shard_tokens, pool, workers, progress)
         manifest = build_manifest(request, corpus, tok, splits, tmp)
         check_out(out, request, manifest["fingerprint"], force)
         atomic_write_json(tmp / "manifest.json", manifest)
@@ -135,78 +135,180 @@ class TrainingSample:
     A bottom-k sample: the same documents whatever order they arrive in and however many
     workers read them, different ones for a different seed. Each document contributes at
     most a sixteenth of the budget, so a few huge documents cannot make up the whole sample.
+
+    The workers hash; this object, in the calling process, sees every train document's
+    hash and length in read order (so the sample is the one a single reader would keep) but
+    the text only of those that could still enter when their task was handed out (`ceiling`);
+    a document that enters without its text holds where to find it until `fill`.
     """
 
     def __init__(self, budget: int, seed: int):
         self.budget = budget
         self.size = 0
-        self._key = seed.to_bytes(8, "little", signed=True)
-        self._heap: list[tuple[int, str]] = []  # (-hash, text): the largest hash on top
+        self.cap = max(1, budget // 16)  # characters of one document at most
+        self.key = seed.to_bytes(8, "little", signed=True)
+        self._heap: list[tuple[int, int, int, Any]] = []  # (-hash, arrival, length, text or its place): the largest hash on top
+        self._arrivals = 0
+
+    def hash(self, data: bytes) -> int:
+        return sample_hash(self.key, data)
+
+    def ceiling(self) -> int:
+        """No document hashed above this can enter while the budget stays full."""
+        return -self._heap[0][0] if self._heap and self.size >= self.budget else 1 << 64
 
     def offer(self, text: str, data: bytes) -> None:
-        h = int.from_bytes(hashlib.blake2b(data, digest_size=8, key=self._key).digest(), "big")
+        text = text[: self.cap]
+        self.add(self.hash(data), len(text), text)
+
+    def add(self, h: int, length: int, item: Any) -> None:
+        """Offer a document of hash `h` and `length` (capped) characters: its text, or its place."""
         if self._heap and self.size >= self.budget and -self._heap[0][0] < h:
             return
-        text = text[: max(1, self.budget // 16)]
-        heapq.heappush(self._heap, (-h, text))
-        self.size += len(text)
+        heapq.heappush(self._heap, (-h, self._arrivals, length, item))
+        self._arrivals += 1
+        self.size += length
         while self.size > self.budget and len(self._heap) > 1:
-            self.size -= len(heapq.heappop(self._heap)[1])
+            self.size -= heapq.heappop(self._heap)[2]
+
+    def missing(self) -> list[Any]:
+        """The places of the kept documents whose text has not come."""
+        return [item for *_, item in self._heap if not isinstance(item, str)]
+
+    def fill(self, texts: dict[Any, str]) -> None:
+        self._heap = [(h, a, n, texts.get(item, item) if not isinstance(item, str) else item) for h, a, n, item in self._heap]
 
     def texts(self) -> list[str]:
-        return [text for _, text in sorted(self._heap, reverse=True)]
+        assert not self.missing(), "fill the sample's texts first"
+        return [item for *_, item in sorted(self._heap, reverse=True)]
+
+
+def sample_hash(key: bytes, data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8, key=key).digest(), "big")
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The sources and how to read and split them: the tasks both passes run, in one fixed order."""
+
+    sources: Sequence[Source]
+    options: ReadOptions
+    fractions: tuple[float, float, float]
+
+    def tasks(self) -> Iterator[Task]:
+        return (task for source in self.sources for task in read_tasks(source, self.options))
+
+
+def kept(batch: Batch, fractions: Sequence[float]) -> Iterator[tuple[Document, bytes, str]]:
+    """The batch's non-empty documents with their UTF-8 text and split."""
+    for doc in batch.documents:
+        if doc.text:
+            data = doc.text.encode("utf-8")
+            yield doc, data, split_of(data, fractions)
 
 
 @dataclass
-class Corpus:
-    """What pass one learned about the corpus; the documents themselves wait in `spill`."""
+class Scan:
+    """What pass one learns from one read task (a worker's answer: small, no documents but
+    the sample candidates)."""
 
-    spill: Path
     documents: Counter = field(default_factory=Counter)  # per split
     domains: set[str] = field(default_factory=set)
     bad_lines: int = 0
     replaced: int = 0
     empty: int = 0
+    lines: int = 0
+    bad_at: tuple[int, str] | None = None
+    hashes: list[int] = field(default_factory=list)  # per train document, in order: its sample hash
+    lengths: list[int] = field(default_factory=list)  # its capped length
+    texts: list[str | None] = field(default_factory=list)  # its capped text if under the ceiling
 
 
-def read_corpus(
-    sources: Sequence[Source],
-    options: ReadOptions,
-    spill: Path,
-    fractions: Sequence[float],
-    sample: TrainingSample | None,
-    pool: Executor | None,
-    workers: int,
-    progress: bool,
-) -> Corpus:
-    """Pass one: read, split, sample, spill; refuse an empty corpus or an empty split."""
-    corpus = Corpus(spill)
-    tasks = (task for source in sources for task in read_tasks(source, options))
-    with open(spill, "wb") as f, tqdm(desc="read", unit=" docs", disable=not progress, file=sys.stderr) as bar:
-        records: list[Record] = []
-        size = 0
-        for batch in run_tasks(pool, tasks, window=2 * workers):
-            corpus.bad_lines += batch.bad_lines
-            corpus.replaced += batch.replaced
-            for doc in batch.documents:
-                if not doc.text:
-                    corpus.empty += 1
-                    continue
-                data = doc.text.encode("utf-8")
-                name = split_of(data, fractions)
-                corpus.documents[name] += 1
-                corpus.domains.add(doc.domain)
-                if sample is not None and name == "train":
-                    sample.offer(doc.text, data)
-                records.append((doc.text, doc.id, doc.domain, name, len(data)))
-                size += len(data)
-            if size >= SPILL_BATCH_BYTES:
-                pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL)
-                records, size = [], 0
-            bar.update(len(batch.documents))
-        pickle.dump(records, f, protocol=pickle.HIGHEST_PROTOCOL)
-    _check_nonempty(corpus, fractions)
+def scan(fractions: Sequence[float], task: Task, sample: tuple[bytes, int, int] | None) -> Scan:
+    """Pass one of one task (run by a worker): split, count, hash for the sample.
+
+    `sample` is (key, cap, ceiling): texts hashed above the ceiling stay behind."""
+    batch = task()
+    result = Scan(bad_lines=batch.bad_lines, replaced=batch.replaced, lines=batch.lines, bad_at=batch.bad_at)
+    result.empty = sum(1 for doc in batch.documents if not doc.text)
+    for doc, data, name in kept(batch, fractions):
+        result.documents[name] += 1
+        result.domains.add(doc.domain)
+        if sample is not None and name == "train":
+            key, cap, ceiling = sample
+            h = sample_hash(key, data)
+            result.hashes.append(h)
+            result.lengths.append(min(len(doc.text), cap))
+            result.texts.append(doc.text[:cap] if h <= ceiling else None)
+    return result
+
+
+def sample_texts(fractions: Sequence[float], task: Task, cap: int, wanted: list[int]) -> list[str]:
+    """The capped texts of the task's train documents numbered `wanted` (run by a worker)."""
+    train = [doc.text for doc, _, name in kept(task(), fractions) if name == "train"]
+    return [train[i][:cap] for i in wanted]
+
+
+@dataclass
+class Corpus:
+    """What pass one learned about the corpus (the documents stay in the sources)."""
+
+    documents: Counter = field(default_factory=Counter)  # per split
+    domains: set[str] = field(default_factory=set)
+    bad_lines: int = 0
+    replaced: int = 0
+    empty: int = 0
+    lines: array = field(default_factory=lambda: array("q"))  # per JSON-lines slice, in task order: its line count
+
+    def add(self, result: Scan) -> None:
+        self.documents.update(result.documents)
+        self.domains |= result.domains
+        self.bad_lines += result.bad_lines
+        self.replaced += result.replaced
+        self.empty += result.empty
+
+
+def read_corpus(reading: Reading, sample: TrainingSample | None, pool: Executor | None, workers: int, progress: bool) -> Corpus:
+    """Pass one: split, count and sample on the workers; refuse an empty corpus or an empty split."""
+    corpus = Corpus()
+    numbers = LineNumbers()
+    handed: deque[Task] = deque()  # tasks handed out, oldest first: the one each answer belongs to
+
+    def jobs() -> Iterator[Callable[[], Scan]]:
+        for task in reading.tasks():
+            handed.append(task)
+            yield partial(scan, reading.fractions, task, (sample.key, sample.cap, sample.ceiling()) if sample else None)
+
+    with tqdm(desc="read", unit=" docs", disable=not progress, file=sys.stderr) as bar:
+        for k, result in enumerate(run_tasks(pool, jobs(), window=2 * workers)):
+            task = handed.popleft()
+            if isinstance(task, JsonlSlice):
+                first = numbers.first(task, result.lines)
+                corpus.lines.append(result.lines)
+                if result.bad_at is not None:
+                    raise BadRecordError(f"{task.file}:{first + result.bad_at[0] - 1}", result.bad_at[1])
+            corpus.add(result)
+            if sample is not None:
+                for i, (h, length, text) in enumerate(zip(result.hashes, result.lengths, result.texts)):
+                    sample.add(h, length, (k, i) if text is None else text)
+            bar.update(sum(result.documents.values()) + result.empty)
+    _check_nonempty(corpus, reading.fractions)
+    if sample is not None and sample.missing():
+        _fetch_sample(reading, sample, pool, workers)
     return corpus
+
+
+def _fetch_sample(reading: Reading, sample: TrainingSample, pool: Executor | None, workers: int) -> None:
+    """Read again the few tasks holding kept sample documents whose texts stayed behind
+    (they entered after the ceiling had dropped and the budget then freed up)."""
+    wanted: dict[int, list[int]] = {}
+    for k, i in sorted(sample.missing()):
+        wanted.setdefault(k, []).append(i)
+    jobs = (partial(sample_texts, reading.fractions, task, sample.cap, wanted[k]) for k, task in enumerate(reading.tasks()) if k in wanted)
+    texts = {}
+    for k, found in zip(sorted(wanted), run_tasks(pool, jobs, window=2 * workers)):
+        texts.update({(k, i): text for i, text in zip(wanted[k], found)})
+    sample.fill(texts)
 
 
 def _check_nonempty(corpus: Corpus, fractions: Sequence[float]) -> None:
@@ -222,43 +324,55 @@ def _check_nonempty(corpus: Corpus, fractions: Sequence[float]) -> None:
             )
 
 
-def _spilled(path: Path) -> Iterator[list[Record]]:
-    with open(path, "rb") as f:
-        while True:
-            try:
-                yield pickle.load(f)
-            except EOFError:
-                return
-
-
-def write_splits(corpus: Corpus, tok: Tokenizer, folder: Path, shard_tokens: int, pool: Executor | None, workers: int, progress: bool) -> dict[str, Any]:
-    """Pass two: tokenise the spilled documents on the workers and write each split."""
+def write_splits(reading: Reading, corpus: Corpus, tok: Tokenizer, folder: Path, shard_tokens: int, pool: Executor | None,
+                 workers: int, progress: bool) -> dict[str, Any]:
+    """Pass two: read the sources again, tokenise on the workers, and write each split."""
     domains = sorted(corpus.domains)
     dtype = token_dtype(tok.vocab_size)
     writers = {name: SplitWriter(folder / name, dtype=dtype, eod_id=tok.eod_id, domains=domains, shard_tokens=shard_tokens) for name in SPLITS}
     entry = tok.manifest_entry()
-    tasks = (
-        partial(encode_records, entry, folder, name, mine)
-        for records in _spilled(corpus.spill)
-        for name in SPLITS
-        if (mine := [r for r in records if r[3] == name])
-    )
     try:
         with tqdm(total=sum(corpus.documents.values()), desc="encode", unit=" docs", disable=not progress, file=sys.stderr) as bar:
-            for batch in run_tasks(pool, tasks, window=2 * workers):
-                writers[batch.split].add(batch)
-                bar.update(len(batch.docs))
+            for batches in run_tasks(pool, (partial(encode_task, reading.fractions, entry, folder, task) for task in numbered(reading, corpus)), window=2 * workers):
+                for batch in batches:
+                    try:
+                        writers[batch.split].add(batch)
+                    except KeyError:  # a domain pass one did not see
+                        raise SourcesChanged() from None
+                    bar.update(len(batch.docs))
     finally:
         _TOKENIZERS.clear()
-    corpus.spill.unlink()
-    return {name: writer.close() for name, writer in writers.items()}
+    splits = {name: writer.close() for name, writer in writers.items()}
+    if any(splits[name]["documents"] != corpus.documents[name] for name in SPLITS):
+        raise SourcesChanged()
+    return splits
+
+
+def numbered(reading: Reading, corpus: Corpus) -> Iterator[Task]:
+    """The read tasks again, every JSON-lines slice told its first line number (from pass one's counts)."""
+    numbers, counts = LineNumbers(), iter(corpus.lines)
+    for task in reading.tasks():
+        if isinstance(task, JsonlSlice):
+            lines = next(counts, None)
+            if lines is None:
+                raise SourcesChanged()
+            task = replace(task, first_line=numbers.first(task, lines))
+        yield task
+
+
+class SourcesChanged(UserError):
+    """Pass two read other documents than pass one counted: the counts, the tokenizer's
+    sample and the shards would not belong together."""
+
+    def __init__(self) -> None:
+        super().__init__("the sources changed while they were being prepared; prepare them again once they are complete.")
 
 
 _TOKENIZERS: dict[str, Tokenizer] = {}  # per process: the tokenizer of the dataset being encoded
 
 
-def encode_records(entry: dict[str, Any], folder: Path, split: str, records: list[Record]) -> EncodedBatch:
-    """Tokenise documents of one split into a token stream (run by a worker process).
+def encode_task(fractions: Sequence[float], entry: dict[str, Any], folder: Path, task: Task) -> list[EncodedBatch]:
+    """Read one task's documents and tokenise them, one batch per split (run by a worker).
 
     A worker opens the tokenizer once, with one thread: the worker processes are the
     parallelism, and they also share the Python work around the encoder.
@@ -267,11 +381,19 @@ def encode_records(entry: dict[str, Any], folder: Path, split: str, records: lis
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = open_tokenizer(entry, folder, threads=1)
     tok = _TOKENIZERS[key]
-    ids = tok.encode_batch([r[0] for r in records])
+    by_split: dict[str, list[tuple[Document, int]]] = {name: [] for name in SPLITS}
+    for doc, data, name in kept(task(), fractions):
+        by_split[name].append((doc, len(data)))
+    return [encode_documents(tok, name, docs) for name, docs in by_split.items() if docs]
+
+
+def encode_documents(tok: Tokenizer, split: str, docs: list[tuple[Document, int]]) -> EncodedBatch:
+    """Documents (with their UTF-8 sizes) of one split as a token stream."""
+    ids = tok.encode_batch([doc.text for doc, _ in docs])
     lengths = [len(t) + 1 for t in ids]
     stream = chain.from_iterable(chain(t, (tok.eod_id,)) for t in ids)
     tokens = np.fromiter(stream, dtype=token_dtype(tok.vocab_size), count=sum(lengths))
-    return EncodedBatch(split, tokens, lengths, [DocInfo(r[1], r[2], r[4], len(r[0])) for r in records])
+    return EncodedBatch(split, tokens, lengths, [DocInfo(doc.id, doc.domain, n_bytes, len(doc.text)) for doc, n_bytes in docs])
 
 
 def build_manifest(request: dict[str, Any], corpus: Corpus, tok: Tokenizer, splits: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -10,11 +10,12 @@ so that the loader can memory-map them.
 
 from __future__ import annotations
 
+import io
 import json
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, BinaryIO, NamedTuple, Sequence
 
 import numpy as np
 
@@ -51,6 +52,14 @@ def shard_name(index: int) -> str:
     return f"tokens-{index:05d}.npy"
 
 
+def _npy_header(n: int, dtype: np.dtype) -> bytes:
+    """The `.npy` header of n tokens, as `np.save` writes it: numpy pads it so that the length
+    can grow in place, so the header of 0 tokens has the size of the final one."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)})
+    return buf.getvalue()
+
+
 class SplitWriter:
     """Appends tokenised documents to a split folder and sums what the manifest reports."""
 
@@ -62,8 +71,8 @@ class SplitWriter:
         self.dtype, self.eod_id, self.shard_tokens = dtype, eod_id, shard_tokens
         self.domains = list(domains)
         self._domain_index = {d: i for i, d in enumerate(self.domains)}
-        self._pending: list[np.ndarray] = []
-        self._pending_tokens = 0
+        self._shard: BinaryIO | None = None  # the shard being written
+        self._shard_tokens = 0  # tokens in it so far
         self._shards: list[dict[str, Any]] = []
         self._offsets = array("q", [0])
         self._doc_domains = array("H")
@@ -72,8 +81,7 @@ class SplitWriter:
 
     def add(self, batch: EncodedBatch) -> None:
         """Append a batch of documents (in order) to the split."""
-        self._pending.append(batch.tokens.astype(self.dtype, copy=False))
-        self._pending_tokens += len(batch.tokens)
+        self._write(batch.tokens.astype(self.dtype, copy=False))
         for length, doc in zip(batch.lengths, batch.docs):
             self._offsets.append(self._offsets[-1] + length)
             self._doc_domains.append(self._domain_index[doc.domain])
@@ -83,13 +91,11 @@ class SplitWriter:
             stats["bytes"] += doc.n_bytes
             stats["chars"] += doc.n_chars
         self._ids.write("".join(json.dumps(d.id) + "\n" for d in batch.docs))
-        while self._pending_tokens >= self.shard_tokens:
-            self._write_shard(self.shard_tokens)
 
     def close(self) -> dict[str, Any]:
         """Write what is left and the document index; return the split's manifest entry."""
-        if self._pending_tokens:
-            self._write_shard(self._pending_tokens)
+        if self._shard is not None:
+            self._finish_shard()
         self._ids.close()
         np.save(self.folder / "doc_offsets.npy", np.frombuffer(self._offsets, dtype=np.int64))
         np.save(self.folder / "doc_domains.npy", np.frombuffer(self._doc_domains, dtype=np.uint16))
@@ -98,14 +104,33 @@ class SplitWriter:
         files = {self._relative(name): sha256_file(self.folder / name) for name in INDEX_FILES}
         return {**totals, "by_domain": by_domain, "shards": self._shards, "files": files}
 
-    def _write_shard(self, n: int) -> None:
-        stream = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        path = self.folder / shard_name(len(self._shards))
-        np.save(path, stream[:n])
-        rest = stream[n:]
-        self._pending = [rest] if len(rest) else []
-        self._pending_tokens = len(rest)
-        self._shards.append({"file": self._relative(path.name), "tokens": n, "sha256": sha256_file(path)})
+    def _write(self, tokens: np.ndarray) -> None:
+        """Stream tokens into shards as they come: memory holds one batch, never a shard."""
+        while len(tokens):
+            if self._shard is None:
+                self._shard = open(self._shard_path(), "wb")
+                self._shard.write(_npy_header(0, self.dtype))
+            take = min(self.shard_tokens - self._shard_tokens, len(tokens))
+            self._shard.write(tokens[:take].tobytes())
+            self._shard_tokens += take
+            tokens = tokens[take:]
+            if self._shard_tokens == self.shard_tokens:
+                self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        """Put the final length into the header: the file is then what `np.save` writes."""
+        assert self._shard is not None
+        header = _npy_header(self._shard_tokens, self.dtype)
+        assert len(header) == len(_npy_header(0, self.dtype)), "numpy no longer pads .npy headers for growth"
+        self._shard.seek(0)
+        self._shard.write(header)
+        self._shard.close()
+        path = self._shard_path()
+        self._shards.append({"file": self._relative(path.name), "tokens": self._shard_tokens, "sha256": sha256_file(path)})
+        self._shard, self._shard_tokens = None, 0
+
+    def _shard_path(self) -> Path:
+        return self.folder / shard_name(len(self._shards))
 
     def _relative(self, name: str) -> str:
         """Paths in the manifest are relative to the dataset folder, e.g. `train/tokens-00000.npy`."""

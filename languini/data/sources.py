@@ -52,6 +52,8 @@ class Batch:
     documents: list[Document] = field(default_factory=list)
     bad_lines: int = 0
     replaced: int = 0  # documents or lines whose invalid UTF-8 became U+FFFD
+    lines: int = 0  # lines read, for a slice of a JSON-lines file
+    bad_at: tuple[int, str] | None = None  # (line within the slice, reason): see `JsonlSlice`
 
 
 @dataclass(frozen=True)
@@ -294,14 +296,15 @@ def _txt_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
     if not files:
         raise UserError(f"the folder {source.location} holds no .txt files.")
     for chunk in _chunks_by_size(files):
-        yield partial(read_text_files, chunk, source.label or source.natural_domain())
+        yield partial(read_text_files, chunk, source.label or source.natural_domain(), os.getcwd())
 
 
-def read_text_files(paths: Iterable[Path], domain: str) -> Batch:
-    """One document per file; its id is the file's path."""
+def read_text_files(paths: Iterable[Path], domain: str, cwd: str = "") -> Batch:
+    """One document per file; its id is the file's path as found (relative paths are read
+    from `cwd`, the caller's, for a worker that runs elsewhere)."""
     batch = Batch()
     for path in paths:
-        batch.documents.append(Document(_read_file(batch, path), path.as_posix(), domain))
+        batch.documents.append(Document(_read_file(batch, Path(cwd, path)), path.as_posix(), domain))
     return batch
 
 
@@ -310,6 +313,14 @@ def read_text_files(paths: Iterable[Path], domain: str) -> Batch:
 
 class _BadRecord(Exception):
     """A record without a usable text or domain; becomes a UserError or a skipped count."""
+
+
+class BadRecordError(UserError):
+    """A bad record the user did not ask to skip: where it is and why, in one sentence."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}; fix it or skip such records with --skip-bad-lines.")
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -332,7 +343,7 @@ class RecordReader:
 
     def bad(self, batch: Batch, where: str, reason: str) -> None:
         if not self.options.skip_bad_lines:
-            raise UserError(f"{where}: {reason}; fix it or skip such records with --skip-bad-lines.")
+            raise BadRecordError(where, reason)
         batch.bad_lines += 1
 
     def _document(self, batch: Batch, record: Any, fallback_id: str) -> Document:
@@ -365,23 +376,34 @@ def _record_reader(source: Source, options: ReadOptions) -> RecordReader:
 
 
 def _jsonl_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
+    """A plain file is cut into byte ranges that the workers read themselves, so the calling
+    process never touches its text; a compressed one cannot be entered mid-stream, so it is
+    decompressed here and handed out in blocks of whole lines."""
     reader = _record_reader(source, options)
-    lines: list[bytes] = []
-    first = size = 0
+    path = Path(source.location)
     try:
-        with _open_binary(Path(source.location)) as f:
-            for number, line in enumerate(f, 1):
-                if not lines:
-                    first = number
-                lines.append(line)
-                size += len(line)
-                if size >= TASK_BYTES:
-                    yield partial(parse_jsonl_lines, reader, source.location, first, lines)
-                    lines, size = [], 0
+        if path.name.lower().endswith((".gz", ".zst")):
+            with _open_binary(path) as f:
+                yield from _jsonl_blocks(reader, source.location, f)
+        else:
+            size, task_bytes = path.stat().st_size, TASK_BYTES
+            for start in range(0, max(size, 1), task_bytes):
+                yield JsonlSlice(reader, source.location, str(path.resolve()), start, start + task_bytes, 1 if start == 0 else None)
     except (OSError, EOFError, ValueError) as e:  # zstandard.ZstdError is a ValueError
         raise UserError(f"cannot read {source.location}: {e}") from None
-    if lines:
-        yield partial(parse_jsonl_lines, reader, source.location, first, lines)
+
+
+def _jsonl_blocks(reader: RecordReader, file: str, f: io.BufferedIOBase) -> Iterator[Task]:
+    first, rest = 1, b""
+    while block := f.read(TASK_BYTES):
+        data = rest + block
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            yield partial(parse_jsonl_block, reader, file, first, data[:cut])
+            first += data.count(b"\n", 0, cut)
+        rest = data[cut:]
+    if rest:
+        yield partial(parse_jsonl_block, reader, file, first, rest)
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
@@ -393,21 +415,96 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def parse_jsonl_lines(reader: RecordReader, file: str, first_line: int, lines: list[bytes]) -> Batch:
-    """Parse JSON lines numbered from `first_line`; blank lines are not records."""
-    batch = Batch()
-    for number, raw in enumerate(lines, first_line):
+@dataclass(frozen=True)
+class JsonlSlice:
+    """The lines of a plain JSON-lines file that start in its bytes [start, end): consecutive
+    slices cover every line once, wherever their edges fall, so a worker reads its part of a
+    large file without any other process scanning for line ends.
+
+    `first_line` is the number of the slice's first line when known (1 for the first slice).
+    When None, lines are numbered from 1 within the slice and a bad record is not raised but
+    reported in `Batch.bad_at`, for the caller, who learns the line counts of the slices
+    before it in order, to name the real line (see `LineNumbers`).
+    """
+
+    reader: RecordReader
+    file: str  # as the user wrote it: ids and messages name it so
+    path: str  # absolute, for a worker with another working directory
+    start: int
+    end: int
+    first_line: int | None
+
+    def __call__(self) -> Batch:
+        try:
+            with open(self.path, "rb") as f:
+                lo = _line_start(f, self.start)
+                hi = _line_start(f, self.end)
+                f.seek(lo)
+                data = f.read(max(0, hi - lo))
+        except OSError as e:
+            raise UserError(f"cannot read {self.file}: {e}") from None
+        return parse_jsonl_block(self.reader, self.file, self.first_line, data)
+
+
+def _line_start(f: io.BufferedIOBase, pos: int) -> int:
+    """Where the first line starting at or after byte `pos` begins (the file's size if none)."""
+    if pos <= 0:
+        return 0
+    size = os.fstat(f.fileno()).st_size
+    if pos >= size:
+        return size
+    f.seek(pos - 1)
+    offset = pos - 1
+    while block := f.read(1 << 16):
+        i = block.find(b"\n")
+        if i >= 0:
+            return offset + i + 1
+        offset += len(block)
+    return offset
+
+
+class LineNumbers:
+    """The numbers of the first lines of a file's slices, from the line counts of the slices
+    before them, consumed in file order: how a slice read without them gets its ids and
+    messages right."""
+
+    def __init__(self) -> None:
+        self._next = 1
+
+    def first(self, task: "JsonlSlice", lines: int) -> int:
+        """The first line of `task`, which holds `lines` lines; call in task order."""
+        if task.start == 0:
+            self._next = 1
+        first = self._next
+        self._next += lines
+        return first
+
+
+def parse_jsonl_block(reader: RecordReader, file: str, first_line: int | None, data: bytes) -> Batch:
+    """Parse the whole lines of `data`, the first numbered `first_line`; blank lines are not
+    records. With `first_line` None (see `JsonlSlice`) lines count from 1 and the first bad
+    record ends the batch in `bad_at` instead of an error."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    batch = Batch(lines=len(lines))
+    for number, raw in enumerate(lines, first_line or 1):
         if not raw.strip():
             continue
         text, replaced = decode_utf8(raw)
         batch.replaced += replaced
         where = f"{file}:{number}"
         try:
-            record = json.loads(text)
-        except ValueError as e:
-            reader.bad(batch, where, f"malformed JSON ({getattr(e, 'msg', e)})")
-            continue
-        reader.add(batch, record, where, where)
+            try:
+                record = json.loads(text)
+            except ValueError as e:
+                reader.bad(batch, where, f"malformed JSON ({getattr(e, 'msg', e)})")
+                continue
+            reader.add(batch, record, where, where)
+        except BadRecordError as e:
+            if first_line is not None:
+                raise
+            return Batch(lines=len(lines), bad_at=(number, e.reason))
     return batch
 
 
@@ -418,7 +515,17 @@ def _parquet_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
     except Exception as e:  # pyarrow raises ArrowInvalid and friends for a damaged file
         raise UserError(f"cannot read {source.location} as Parquet: {e}") from None
     columns = _record_columns(pf.schema_arrow.names, source.location, options)
-    yield from _arrow_tasks(_record_reader(source, options), source.location, pf.iter_batches(batch_size=4096, columns=columns))
+    reader, path, row = _record_reader(source, options), str(Path(source.location).resolve()), 0
+    for group in range(pf.num_row_groups):
+        yield partial(read_row_group, reader, source.location, path, group, columns, row)
+        row += pf.metadata.row_group(group).num_rows
+
+
+def read_row_group(reader: RecordReader, where: str, path: str, group: int, columns: list[str], first_row: int) -> Batch:
+    """One Parquet row group, read by the worker itself (the caller only read the footer)."""
+    import pyarrow.parquet as pq
+
+    return parse_rows(reader, where, first_row, pq.ParquetFile(path).read_row_group(group, columns=columns).to_pylist())
 
 
 def _hf_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
