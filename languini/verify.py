@@ -158,6 +158,8 @@ def verify(bundle: str | Path, data_dir: str | Path, weights: str | Path | None 
     if not (folder / "result.json").is_file() or not (folder / "config.toml").is_file():
         raise UserError(f"{folder} is not a bundle or finished run (it needs result.json and config.toml).")
     result = read_json(folder / "result.json", "Run result")
+    if not isinstance(result, dict) or not isinstance(result.get("test"), dict):
+        raise UserError(f"{folder / 'result.json'} holds no test metrics to verify.")
     bundled = folder / "data_manifest.json"
     manifest = read_json(bundled, "Bundled data manifest") if bundled.is_file() else None
     data = PreparedData(data_dir)
