@@ -911,6 +911,14 @@ def _numbers(texts: tuple[str, ...], option: str) -> list[float]:
         raise UserError(f"{option} takes numbers, e.g. {option} 1000,50000.") from None
 
 
+def _columns(text: str | None) -> dict[str, str]:
+    """FIELD=COLUMN pairs, comma-separated."""
+    pairs = [p for p in (text or "").split(",") if p.strip()]
+    if any("=" not in p for p in pairs):
+        raise UserError(f'--columns takes FIELD=COLUMN pairs, e.g. params="Model Size", got {text!r}.')
+    return dict((k.strip(), v.strip()) for k, v in (p.split("=", 1) for p in pairs))
+
+
 @main.command("fit")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--law", type=click.Choice(["power", "chinchilla"]), required=True,
@@ -922,6 +930,9 @@ def _numbers(texts: tuple[str, ...], option: str) -> list[float]:
               show_default=True, help="A run's loss: test bits per byte, or ln of the test token perplexity.")
 @click.option("--compute-unit", default=None,
               help="What a CSV/JSONL `compute` column counts (default: reference-hours).")
+@click.option("--columns", "columns_text", default=None, metavar="FIELD=COLUMN[,...]",
+              help='CSV/JSONL columns named otherwise, e.g. --columns params="Model Size",compute="Training FLOP" '
+                   "(tokens, if absent, are compute / (6 · params)).")
 @click.option("--bootstrap", "resamples", type=int, default=1000, show_default=True,
               help="Bootstrap resamples for the 95% intervals (0: none).")
 @click.option("--extrapolate", multiple=True, metavar="C[,C...]",
@@ -931,7 +942,8 @@ def _numbers(texts: tuple[str, ...], option: str) -> list[float]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap resamples.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), callback=_writable(folder=False), help="The fit.json to write.")
 @json_option
-def fit_cmd(inputs: tuple[Path, ...], law: str, group_by: str, metric: str, compute_unit: str | None, resamples: int,
+def fit_cmd(inputs: tuple[Path, ...], law: str, group_by: str, metric: str, compute_unit: str | None,
+            columns_text: str | None, resamples: int,
             extrapolate: tuple[str, ...], crossing_range: tuple[float, float] | None, seed: int, out: Path,
             as_json: bool) -> None:
     """Fit a scaling law per group, with bootstrap intervals, predictions and crossings.
@@ -943,7 +955,7 @@ def fit_cmd(inputs: tuple[Path, ...], law: str, group_by: str, metric: str, comp
     from languini import scaling
     from languini.io import atomic_write_json
 
-    points = scaling.read_inputs(list(inputs), group_by, metric, compute_unit)
+    points = scaling.read_inputs(list(inputs), group_by, metric, compute_unit, _columns(columns_text))
     result = scaling.fit(points, law, resamples, _numbers(extrapolate, "--extrapolate"), crossing_range, seed)
     atomic_write_json(out, result)
     emit(as_json, result, f"{scaling.markdown(result)}\n\nFit written to {out}.")

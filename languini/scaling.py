@@ -152,8 +152,11 @@ class Inputs:
 
 
 def read_inputs(paths: Sequence[Path], group_by: str = "family", metric: str = "bits_per_byte",
-                compute_unit: str | None = None) -> Inputs:
-    """Points from run directories (any folder with a result.json) and CSV/JSONL tables."""
+                compute_unit: str | None = None, columns: dict[str, str] | None = None) -> Inputs:
+    """Points from run directories (any folder with a result.json) and CSV/JSONL tables;
+    `columns` names a table's column for a field whose column is named otherwise
+    ({"params": "Model Size"})."""
+    columns = check_columns(columns or {})
     if group_by not in GROUP_BY:
         raise UserError(f"--group-by takes one of {', '.join(GROUP_BY)}, got '{group_by}'.")
     if metric not in METRICS:
@@ -168,7 +171,7 @@ def read_inputs(paths: Sequence[Path], group_by: str = "family", metric: str = "
             points.append(_run_point(path, group_by, metric))
             runs += 1
         elif path.suffix.lower() in (".csv", ".jsonl"):
-            points.extend(_table_points(path))
+            points.extend(_table_points(path, columns))
         else:
             raise UserError(f"Cannot read {path}: give a run directory, a .csv or a .jsonl file.")
     if not points:
@@ -239,7 +242,15 @@ def _run_compute(r: dict[str, Any]) -> float:
     return trained_compute(r)[0] + (float(charge["charged"]) if "charged" in charge else 0.0)
 
 
-def _table_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+def check_columns(columns: dict[str, str]) -> dict[str, str]:
+    known = ("group", "level", *FIELDS)
+    unknown = [f for f in columns if f not in known]
+    if unknown:
+        raise UserError(f"--columns maps the fields {', '.join(known)}; {', '.join(unknown)} is not one of them.")
+    return columns
+
+
+def _table_rows(path: Path, loss_column: str = "loss") -> Iterable[tuple[str, dict[str, Any]]]:
     """(where, row) for each row of a CSV with a header or of a JSONL file."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -247,8 +258,9 @@ def _table_rows(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
         raise UserError(f"Cannot read {path}: {e}.") from None
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        if "loss" not in (reader.fieldnames or []):
-            raise UserError(f"{path} has no 'loss' column; columns are named group, compute, params, tokens, loss.")
+        if loss_column not in (reader.fieldnames or []):
+            raise UserError(f"{path} has no '{loss_column}' column; columns are named group, compute, params, tokens, "
+                            "loss, or mapped with --columns FIELD=COLUMN.")
         for i, row in enumerate(reader, start=2):
             yield f"{path} line {i}", row
         return
@@ -273,15 +285,20 @@ def _number(value: Any, where: str, name: str) -> float | None:
         raise UserError(f"{where}: {name} '{value}' is not a number.") from None
 
 
-def _table_points(path: Path) -> list[Point]:
+def _table_points(path: Path, columns: dict[str, str]) -> list[Point]:
+    """A table's rows as points. A row with compute and params but no tokens gets
+    tokens = compute / (6 · params): compute in FLOPs, as in the Chinchilla paper's data."""
+    column = {name: columns.get(name, name) for name in ("group", "level", *FIELDS)}
     points = []
-    for where, row in _table_rows(path):
-        values = {name: _number(row.get(name), where, name) for name in FIELDS}
+    for where, row in _table_rows(path, column["loss"]):
+        values = {name: _number(row.get(column[name]), where, column[name]) for name in FIELDS}
         if values["loss"] is None:
             raise UserError(f"{where} has no loss.")
-        level = row.get("level")
-        points.append(Point(group=str(row.get("group") or path.stem), level=None if level in (None, "") else str(level),
-                            source=where, **values))
+        if values["tokens"] is None and values["compute"] and values["params"]:
+            values["tokens"] = values["compute"] / (6 * values["params"])
+        level = row.get(column["level"])
+        points.append(Point(group=str(row.get(column["group"]) or path.stem),
+                            level=None if level in (None, "") else str(level), source=where, **values))
     return points
 
 

@@ -40,3 +40,17 @@ def fails(*args):
     assert result.exit_code != 0
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result.output
+
+
+TINY_MODEL = "n_layer = 1\nd_model = 32\nn_head = 2\nseq_len = 64\nvocab_size = 257\n"
+
+
+def tiny_setup(tmp):
+    """Bytes-tokenised data, a one-layer model (model.toml) and its certificate (cert.json, batch
+    8) in `tmp`: runs of it at the tiny FLOP classes train in seconds."""
+    invoke("data", "prepare", tiny_corpus(tmp / "c.jsonl", n_docs=200), "--out", tmp / "data", "--tokenizer", "bytes",
+           "--split", "90/5/5", "--no-progress")
+    (tmp / "model.toml").write_text(TINY_MODEL)
+    invoke("throughput", "--family", "gpt", "--config", tmp / "model.toml", "--data", tmp / "data", "--steps", 2,
+           "--warmup", 0, "--batch-size", 8, "--out", tmp / "cert.json", "--no-progress")
+    return tmp

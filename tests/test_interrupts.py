@@ -66,8 +66,8 @@ def wait_until(proc, ready, what, timeout=120):
 
 
 def interrupt(args, tmp_path, ready, what, sig=signal.SIGINT, group=True):
-    """Run `languini ARGS`, send `sig` once `ready(proc, stderr so far)` holds; returns (exit status, seconds
-    from the signal to the exit, stderr, the worker pids seen before the signal)."""
+    """Run `languini ARGS`, send `sig` once `ready(proc, stderr so far)` holds, require the exit
+    within STOP_WITHIN seconds; returns (exit status, stderr, the worker pids seen before the signal)."""
     stderr = tmp_path / "stderr.txt"  # a file, not a pipe: progress bars would fill a pipe nobody reads yet
     with stderr.open("w") as f:
         proc = subprocess.Popen(LANGUINI + [str(a) for a in args], cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -75,13 +75,12 @@ def interrupt(args, tmp_path, ready, what, sig=signal.SIGINT, group=True):
     try:
         wait_until(proc, lambda: ready(proc, stderr.read_text(errors="replace")), what)
         workers = children(proc.pid)
-        sent = time.time()
         (os.killpg if group else os.kill)(proc.pid, sig)
         try:
             proc.wait(timeout=STOP_WITHIN)
         except subprocess.TimeoutExpired:
             pytest.fail(f"still running {STOP_WITHIN} s after {sig.name}")
-        return proc.returncode, time.time() - sent, stderr.read_text(), workers
+        return proc.returncode, stderr.read_text(), workers
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -112,7 +111,7 @@ def pool_at_work(out, workers):
                          ids=["ctrl-c", "sigterm"])
 def test_prepare_stops_on_a_signal(corpus, tmp_path, sig, group):
     out = tmp_path / "data"
-    code, took, err, workers = interrupt(
+    code, err, workers = interrupt(
         ["data", "prepare", corpus, "--out", out, "--vocab-size", 300, "--workers", 2], tmp_path,
         pool_at_work(out, 2), "a working pool", sig, group)
     assert len(workers) >= 2
@@ -122,7 +121,7 @@ def test_prepare_stops_on_a_signal(corpus, tmp_path, sig, group):
 
 def test_dedup_stops_on_ctrl_c(data, tmp_path):
     out = tmp_path / "dedup"
-    code, took, err, workers = interrupt(["data", "dedup", data, "--out", out, "--workers", 2], tmp_path,
+    code, err, workers = interrupt(["data", "dedup", data, "--out", out, "--workers", 2], tmp_path,
                                          pool_at_work(out, 2), "a working pool")
     assert_stopped(code, err, workers, tmp_path)
     assert not out.exists()
@@ -131,14 +130,14 @@ def test_dedup_stops_on_ctrl_c(data, tmp_path):
 def test_perplexity_selection_stops_on_ctrl_c(data, trained, tmp_path):
     out = tmp_path / "selected"
     args = ["data", "select", "perplexity", data, "--reference", trained["run"], "--out", out, "--device", "cpu"]
-    code, took, err, workers = interrupt(args, tmp_path, lambda proc, err: "eval:" in err, "scoring")
+    code, err, workers = interrupt(args, tmp_path, lambda proc, err: "eval:" in err, "scoring")
     assert_stopped(code, err, workers, tmp_path)
     assert not out.exists() and not (tmp_path / "selected.toml").exists()
 
 
 def test_make_tasks_stops_on_ctrl_c(data, tmp_path):
     out = tmp_path / "tasks"
-    code, took, err, workers = interrupt(["data", "make-tasks", data, "--out", out, "--max-examples", 100000],
+    code, err, workers = interrupt(["data", "make-tasks", data, "--out", out, "--max-examples", 100000],
                                          tmp_path, lambda proc, err: cpu_seconds(proc.pid) > 2, "task writing")
     assert_stopped(code, err, workers, tmp_path)
     assert not out.exists()
@@ -147,7 +146,7 @@ def test_make_tasks_stops_on_ctrl_c(data, tmp_path):
 def test_prepare_on_ray_stops_on_ctrl_c(corpus, tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra")
     out = tmp_path / "data"
-    code, took, err, workers = interrupt(
+    code, err, workers = interrupt(
         ["data", "prepare", corpus, "--out", out, "--vocab-size", 300, "--workers", 2, "--executor", "ray"],
         tmp_path, lambda proc, err: "encode:" in err, "Ray encoding")
     assert_stopped(code, err, workers, tmp_path)

@@ -2,7 +2,6 @@
 be written, and the smaller mistakes of issue 16 (each refused with one sentence)."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -11,22 +10,14 @@ import time
 
 import pytest
 
-from helpers import fails, invoke, tiny_corpus
+from helpers import fails, invoke, tiny_setup
 
 LANGUINI = [sys.executable, "-m", "languini.cli"]
-MODEL = "n_layer = 1\nd_model = 32\nn_head = 2\nseq_len = 64\nvocab_size = 257\n"
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, test_classes):
-    """Bytes-tokenised data, a tiny model and its certificate: training costs seconds."""
-    tmp = tmp_path_factory.mktemp("robust")
-    invoke("data", "prepare", tiny_corpus(tmp / "c.jsonl", n_docs=200), "--out", tmp / "data", "--tokenizer", "bytes",
-           "--split", "90/5/5", "--no-progress")
-    (tmp / "model.toml").write_text(MODEL)
-    invoke("throughput", "--family", "gpt", "--config", tmp / "model.toml", "--data", tmp / "data", "--steps", 2,
-           "--warmup", 0, "--batch-size", 8, "--out", tmp / "cert.json", "--no-progress")
-    return tmp
+    return tiny_setup(tmp_path_factory.mktemp("robust"))
 
 
 def train_args(small, run, cls, *extra):

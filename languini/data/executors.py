@@ -118,14 +118,17 @@ class LocalPool:
         return value
 
     def _receive(self) -> None:
+        """One result into `_done`, or the UserError of a worker that died."""
         wait([self._results, *(p.sentinel for p in self._procs)])
         if self._results.poll():
-            key, ok, value = pickle.loads(self._results.recv_bytes())
-            self._done[key] = (ok, value)
-            return
-        code = next(p.exitcode for p in self._procs if p.exitcode is not None)
-        hint = "; out of memory? try fewer --workers" if code == -signal.SIGKILL else ""
-        raise UserError(f"A worker process ended unexpectedly (exit code {code}{hint}).")
+            with contextlib.suppress(EOFError):  # EOF: every worker is gone (said below)
+                key, ok, value = pickle.loads(self._results.recv_bytes())
+                self._done[key] = (ok, value)
+                return
+        codes = [p.exitcode for p in self._procs if p.exitcode is not None]
+        if codes:  # (else it is still being reaped: the next wait returns at once)
+            hint = "; out of memory? try fewer --workers" if codes[0] == -signal.SIGKILL else ""
+            raise UserError(f"A worker process ended unexpectedly (exit code {codes[0]}{hint}).")
 
     def close(self) -> None:
         """End the workers, busy or not: SIGTERM, then SIGKILL for any still alive after a second."""
