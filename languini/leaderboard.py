@@ -206,10 +206,14 @@ def row(e: Entry) -> dict[str, Any]:
 
 def leaderboard(paths: list[str | Path]) -> dict[str, Any]:
     """Valid entries grouped by class, best (lowest test bits-per-byte) first; invalid apart."""
+    return board([check(path) for path in paths])
+
+
+def board(entries: list[Entry]) -> dict[str, Any]:
+    """The leaderboard of entries already checked (the site keeps the entries for their pages)."""
     classes: dict[str, list[dict[str, Any]]] = {}
     invalid = []
-    for path in paths:
-        e = check(path)
+    for e in entries:
         if e.problems:
             invalid.append({"path": str(e.path), "reasons": e.problems})
         else:
