@@ -147,7 +147,8 @@ def curves_section(e: SiteEntry) -> str:
         ident = f"curve-{'tokens' if axis == 'tokens' else 'compute'}"
         svg = line_figure(series, ident, axis, "loss (nats per token)", f"loss against {axis}")
         figures.append(figure(svg, f"Loss against {esc(axis)}: training (blue) and validation (orange), from "
-                                   + link(f"{e.name}/metrics.jsonl", "metrics.jsonl") + "."))
+                                   + link(f"{e.name}/metrics.jsonl", "metrics.jsonl") + ".",
+                              "Hover over a validation point for its value."))
     return '<div class="curves">' + "\n".join(figures) + "</div>"
 
 

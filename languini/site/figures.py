@@ -76,12 +76,22 @@ def line_figure(series: Sequence[dict[str, Any]], ident: str, x_label: str, y_la
     return plot.svg(title, x_label, y_label)
 
 
+def _bar_columns(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(column, colour) of a mix comparison's bars: the whole split in grey, then each domain."""
+    domains = sorted({d for r in rows for d in r["by_domain"]})
+    return [("all", "#595959")] + [(d, color(j)) for j, d in enumerate(domains)]
+
+
+def mix_legend(table: dict[str, Any]) -> str:
+    return legend([(c, "whole test split" if col == "all" else col) for col, c in _bar_columns(table["rows"])])
+
+
 def mix_bars(table: dict[str, Any], ident: str) -> str:
     """Test bits per byte of each mix (best first), whole split and per domain, seed spread as
     error bars, each mix's selection cost under its name."""
     rows = table["rows"]
-    columns = ["all"] + sorted({d for r in rows for d in r["by_domain"]})
-    cells = [[r["bits_per_byte"] if col == "all" else r["by_domain"].get(col) for col in columns] for r in rows]
+    columns = _bar_columns(rows)
+    cells = [[r["bits_per_byte"] if col == "all" else r["by_domain"].get(col) for col, _ in columns] for r in rows]
     values = [c["mean"] for row in cells for c in row if c]
     lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
     width = max(480, 60 + len(rows) * (len(columns) * 26 + 40))
@@ -92,10 +102,9 @@ def mix_bars(table: dict[str, Any], ident: str) -> str:
     below = []
     for i, (r, row) in enumerate(zip(rows, cells)):
         left = plot.x.start + i * slot + slot * 0.1
-        for j, (col, cell) in enumerate(zip(columns, row)):
+        for j, ((col, fill), cell) in enumerate(zip(columns, row)):
             if not cell:
                 continue
-            fill = "#595959" if col == "all" else color(j - 1)
             spread = f" ± {cell['spread']:.4f} over {r['seeds']} seeds" if several else ""
             x0 = left + j * bar
             plot.rect(x0, x0 + bar * 0.92, cell["mean"], fill,

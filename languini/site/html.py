@@ -66,10 +66,11 @@ def pairs(items: Iterable[tuple[str, str]]) -> str:
     return table(["", ""], ([esc(k), v] for k, v in items), cls="pairs")
 
 
-def figure(svg: str, caption: str) -> str:
-    """An SVG figure with a caption and a read-out line the script fills on hover."""
+def figure(svg: str, caption: str, hint: str = "Hover over a point to name its run.") -> str:
+    """An SVG figure with a caption and a read-out line (showing `hint` until the script fills
+    it with the label of the mark under the pointer)."""
     return (f'<figure>\n{svg}\n<figcaption>{caption}<div class="readout" aria-live="polite">'
-            "Hover over a point to name its run.</div></figcaption>\n</figure>")
+            f"{esc(hint)}</div></figcaption>\n</figure>")
 
 
 def layout(title: str, site_title: str, body: str, depth: int) -> str:

@@ -7,8 +7,8 @@ from typing import Any
 
 from languini.mixes import cost_text
 from languini.site.collect import Board, Comparison, Scaling, Site, SiteEntry
-from languini.site.figures import fit_figure, law_text, legend, mix_bars
-from languini.site.html import (esc, figure, identity_heading, integer, layout, link, number, pairs, sortable, table)
+from languini.site.figures import fit_figure, law_text, legend, mix_bars, mix_legend
+from languini.site.html import esc, figure, identity_heading, integer, layout, link, number, sortable, table
 from languini.site.svg import color
 
 
@@ -37,7 +37,9 @@ def board_table(board: Board) -> str:
     rows = []
     for rank, (row, e) in enumerate(board.rows, 1):
         cert = e.file("throughput.json") or {}
-        rows.append([(str(rank), rank), (link(e.page, e.name), e.name), esc(row["family"]), esc(row["config"]),
+        warnings = e.result.get("warnings") or []
+        flag = f' <span class="warn" title="{esc("; ".join(map(str, warnings)))}">⚠</span>' if warnings else ""
+        rows.append([(str(rank), rank), (link(e.page, e.name) + flag, e.name), esc(row["family"]), esc(row["config"]),
                      (integer(row["params"]), row["params"]), (integer(row["tokens_trained"]), row["tokens_trained"]),
                      sortable(trained_compute(row)), esc(row["device"]), esc(cert.get("dtype", "–")),
                      sortable(row["bits_per_byte"], ".4f"), sortable(row["char_perplexity"], ".3f"),
@@ -141,13 +143,13 @@ def comparison_page(site: Site, c: Comparison) -> str:
              esc(", ".join(f"{k} {v:.3f}" for k, v in sorted((r.get("weights") or {}).items())) or "–")]
             for r in rows]
     head = ["mix", "tokens", "seeds", "test bits/byte", *domains, "selection cost", "weights"]
-    caption = ("One bar group per mix, best first: the whole test split (grey) and each domain. "
-               + link(f"{c.name}/compare.json", "compare.json"))
+    caption = ("One bar group per mix, best first: the whole test split and each domain. "
+               + link(f"{c.name}/compare.json", "compare.json") + mix_legend(c.table))
     parts = [f"<h1>Mix comparison {esc(c.name)}</h1>",
              f"<p class=\"lede\">Every mix trained with one throughput certificate, so one token budget, in class "
              f"{esc(c.table.get('compute_class', '?'))}, and scored on the same test text; mean ± half-range over "
              "seeds.</p>",
              table(head, body, cls="sortable", numeric=tuple(range(1, 4 + len(domains)))),
-             figure(mix_bars(c.table, f"bars-{c.name}"), caption)]
+             figure(mix_bars(c.table, f"bars-{c.name}"), caption, "Hover over a bar for its value.")]
     return layout(f"Mix comparison {c.name}", site.title, "\n".join(parts), 1)
 

@@ -29,6 +29,8 @@ def tick_label(v: float) -> str:
     """A tick's text: three significant digits, powers of ten (1e+06 style) where digits get long."""
     if v == 0:
         return "0"
+    if v == round(v) and abs(v) < 1e6:
+        return f"{int(round(v)):,}"
     if 1e-3 <= abs(v) < 1e5:
         return f"{v:.3g}"
     mantissa, exponent = f"{v:.2e}".split("e")
@@ -72,8 +74,7 @@ class Scale:
     end: float
 
     @classmethod
-    def over(cls, values: Iterable[float | None], log: bool, start: float, end: float, pad: float = 0.04,
-             floor: float | None = None) -> "Scale":
+    def over(cls, values: Iterable[float | None], log: bool, start: float, end: float, pad: float = 0.04) -> "Scale":
         """A scale spanning `values` with a margin of `pad` of the span on each side."""
         vals = finite(values, positive=log)
         if not vals:
@@ -84,8 +85,6 @@ class Scale:
         if hi - lo < 1e-12:
             lo, hi = lo - 0.5, hi + 0.5
         lo, hi = lo - pad * (hi - lo), hi + pad * (hi - lo)
-        if floor is not None and not log:
-            lo = max(lo, floor)
         return cls(10 ** lo if log else lo, 10 ** hi if log else hi, log, start, end)
 
     def _t(self, v: float) -> float:
@@ -123,9 +122,9 @@ class Plot:
 
     @classmethod
     def over(cls, xs: Iterable[float | None], ys: Iterable[float | None], ident: str, *, xlog: bool = False,
-             ylog: bool = False, width: int = 720, height: int = 400, yfloor: float | None = None) -> "Plot":
+             ylog: bool = False, width: int = 720, height: int = 400) -> "Plot":
         x = Scale.over(xs, xlog, cls.LEFT, width - cls.RIGHT, pad=0.03)
-        y = Scale.over(ys, ylog, height - cls.BOTTOM, cls.TOP, pad=0.06, floor=yfloor)
+        y = Scale.over(ys, ylog, height - cls.BOTTOM, cls.TOP, pad=0.06)
         return cls(x, y, ident, width, height)
 
     def _segments(self, xs: Sequence[float | None], ys: Sequence[float | None]) -> list[list[tuple[float, float]]]:
