@@ -61,6 +61,8 @@ def fit_tables(fit: dict[str, Any]) -> str:
         rows.append([f'<span class="swatch" style="background:{color(i)}"></span>{esc(name)}', str(len(g["points"])),
                      *(_with_interval(g["params"][k], iv.get(k)) for k in names)])
     out = [table(["group", "points", "E", "A", "α"], rows, cls="fit", numeric=(1,))]
+    out += [f'<p class="note">{esc(name)}: no intervals, {esc(g["bootstrap"]["skipped"])}.</p>'
+            for name, g in fit["groups"].items() if "skipped" in (g["bootstrap"] or {})]
     predictions = [[esc(name), number(p["compute"]), _with_interval(p["loss"], p["interval"])]
                    for name, g in fit["groups"].items() for p in g["predictions"]]
     if predictions:
