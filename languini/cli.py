@@ -973,5 +973,45 @@ def plot_cmd(fit_path: Path, out: Path, as_json: bool) -> None:
     emit(as_json, {"figure": str(out)}, f"Figure written to {out}.")
 
 
+# --- the static site --------------------------------------------------------------------
+
+
+@main.command("site")
+@click.argument("entries", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="The site folder (replaced if an earlier `languini site` wrote it).")
+@click.option("--title", default="languini leaderboard", show_default=True, help="The index page's heading.")
+@click.option("--compare", "compare_dirs", multiple=True, type=click.Path(path_type=Path), metavar="DIR",
+              help="A `languini mix compare` output folder to show (repeatable).")
+@click.option("--bootstrap", "resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples of the scaling fits (0: no bands).")
+@click.option("--extrapolate", multiple=True, metavar="C[,C...]",
+              help="Also predict each fit at these reference-hours.")
+@json_option
+def site_cmd(entries: tuple[Path, ...], out: Path, title: str, compare_dirs: tuple[Path, ...], resamples: int,
+             extrapolate: tuple[str, ...], as_json: bool) -> None:
+    """Build a static leaderboard site from bundles and run directories.
+
+    \b
+    OUT/index.html   one table per evaluation and compute class (sortable, filterable),
+                     invalid entries apart with their reasons, and per evaluation the
+                     power-law fit of loss against reference-hours (as `languini fit`)
+    OUT/entries/     a page per entry: config, certificate, budget arithmetic, loss
+                     curves, per-domain and lm-eval results, files with checksums
+    OUT/compare/     each --compare folder's table and bars
+    Plain HTML, CSS, JavaScript and SVG: open index.html from disk or serve the folder.
+    The same inputs give the same bytes; site.json lists every file with its sha256.
+    """
+    from languini.site import build
+
+    report = build(list(entries), out, title, list(compare_dirs), resamples, _numbers(extrapolate, "--extrapolate"))
+    valid = sum(e["valid"] for e in report["entries"])
+    fits = sum(s["fit"] is not None for s in report["scaling"])
+    emit(as_json, {"out": str(out), **report},
+         f"Site written to {out}: {len(report['entries'])} entries ({valid} ranked), {len(report['leaderboards'])} "
+         f"leaderboard(s), {fits} scaling fit(s), {len(report['comparisons'])} mix comparison(s); open "
+         f"{out / 'index.html'}.")
+
+
 if __name__ == "__main__":
     main()

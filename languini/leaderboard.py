@@ -380,7 +380,11 @@ def unidentified_entries(entries: Iterable[Entry]) -> list[dict[str, Any]]:
 
 def leaderboard(paths: list[str | Path]) -> dict[str, Any]:
     """Tables per evaluation identity and class, best first; invalid and unidentified apart."""
-    entries = load_entries(paths)
+    return board(load_entries(paths))
+
+
+def board(entries: list[Entry]) -> dict[str, Any]:
+    """The leaderboard of entries already checked (the site keeps the entries for their pages)."""
     return {"groups": [g.to_dict() for g in group_entries(entries)], "invalid": invalid_entries(entries),
             "unidentified": unidentified_entries(entries)}
 
