@@ -48,7 +48,11 @@ def test_every_batch_holds_every_domain_in_continuous_rows(setup):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def reweighted(setup):  # noqa: F811
-    return doremi(setup["data"].path, setup["tmp"] / "doremi.toml", config=setup["model"], class_name="test-flops",
+    # The CPU sizes' learning rate: at the default 1e-3 these ~150 steps leave the proxy so far behind the
+    # reference on the noise's byte frequencies that the outcome turns on details of the model and schedule.
+    config = setup["tmp"] / "doremi-model.toml"
+    config.write_text(Path(setup["model"]).read_text() + "[train]\nlr = 3e-3\n")
+    return doremi(setup["data"].path, setup["tmp"] / "doremi.toml", config=str(config), class_name="test-flops",
                   progress=False)
 
 
