@@ -43,8 +43,8 @@ shoot() {  # page, file, height
     --disable-component-update --disable-sync --no-first-run --user-data-dir="$(mktemp -d)" \
     --window-size="1280,$3" --screenshot="$2" "file://$PWD/$SITE/$1" 2>/dev/null
 }
-shoot index.html "$OUT/index.png" 1400
-shoot entries/qlstm-nano-cpu-30s.html "$OUT/entry.png" 1500
+shoot index.html "$OUT/index.png" 1300
+shoot entries/gpt-nano-cpu-30s.html "$OUT/entry.png" 1500
 # 256 colours keep the PNGs small (the pages are flat colours and text)
 "${PYTHON:-.venv/bin/python}" -c "
 import sys

@@ -80,7 +80,7 @@ def scaling_block(s: Scaling, site: Site) -> str:
     pages = {e.name: e.page for e in site.entries}
     svg = fit_figure(s.fit, f"fit-{s.name}", lambda source: (source, pages.get(source)))
     bands = (f"; shaded: {s.fit['confidence']:.0%} bootstrap bands ({s.fit['bootstrap']} resamples)"
-             if s.fit["bootstrap"] else "")
+             if any("low" in g["curve"] for g in s.fit["groups"].values()) else "")
     caption = (f"{esc(s.fit['formula'])} fitted to each family's frontier (the best entry of each class){esc(bands)}. "
                "Solid over the observed compute, dashed where extrapolated; hollow points were beaten in their class; "
                "diamonds are predictions; dotted lines are crossings. "
