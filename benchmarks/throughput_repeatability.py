@@ -10,7 +10,7 @@ are both recorded: on the quiet machine a noisy verdict is a false alarm, under 
 one.
 
     python benchmarks/throughput_repeatability.py [--family gpt] [--config nano] [--repeats 5]
-        [--loaded-repeats 5] [--note "what else ran on the machine"]
+        [--loaded-repeats 5] [--steps 10] [--batch-size B] [--note "what else ran on the machine"]
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def series(request: dict, repeats: int) -> list[dict]:
         rows.append({"tokens_per_second": cert["tokens_per_second"], "noisy": cert["noisy"],
                      "spread": cert["spread"], "rounds": len(cert["rounds"]),
                      "load_average": cert["load"]["cpu_load_average"][0]})
+        print(f"  {rows[-1]['tokens_per_second']:,.0f} tokens/s, spread {rows[-1]['spread']:.1%} after "
+              f"{rows[-1]['rounds']} round(s){', noisy' if rows[-1]['noisy'] else ''}", flush=True)
     return rows
 
 
@@ -62,12 +64,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--loaded-repeats", type=int, default=5)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=None, help="Default: the size's.")
     ap.add_argument("--note", default="", help="What else ran on the machine (recorded with the results).")
     args = ap.parse_args()
     stability = Stability(allow_noisy=True)
     request = {"family": args.family, "config": args.config, "warmup": 3, "steps": args.steps,
                "stability": asdict(stability), "model_overrides": {"vocab_size": args.vocab_size},
-               "train_overrides": {}}
+               "train_overrides": {"batch_size": args.batch_size} if args.batch_size else {}}
     load = os.getloadavg()[0]
     quiet = series(request, args.repeats)
     competitor = subprocess.Popen([sys.executable, "-c", COMPETITOR])
@@ -88,7 +91,8 @@ def main() -> None:
     print(f"  mean {l['mean_tokens_per_second']:,.0f} ({l['mean_tokens_per_second'] / q['mean_tokens_per_second']:.0%}"
           f" of the quiet rate), caught by the guard {100 * l['noisy_fraction']:.0f}% of the time")
     path = write_result(f"throughput_repeatability-{args.family}-{args.config}", {
-        "family": args.family, "config": args.config, "stability": asdict(stability), "note": args.note,
+        "family": args.family, "config": args.config, "batch_size": args.batch_size, "steps": args.steps,
+        "stability": asdict(stability), "note": args.note,
         "load_average_before": load,
         "tokens_per_second": [r["tokens_per_second"] for r in quiet], **q, "measurements": quiet,
         "competing_load": {"what": "a second process multiplying 768×768 matrices (numpy, all cores)",
