@@ -159,7 +159,7 @@ def test_a_run_in_use_is_refused_and_changes_need_force(setup, tmp_path):
     try:
         while not (run / "checkpoints" / "last.sha256").exists() and proc.poll() is None:
             time.sleep(0.02)
-        assert "in use by another process" in fails("resume", run)
+        assert f"in use by pid {proc.pid} on host" in fails("resume", run)
     finally:
         proc.kill()
         proc.wait()
