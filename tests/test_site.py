@@ -74,7 +74,8 @@ def test_the_site_holds_what_the_leaderboard_and_fit_say(site):
     assert any("checksums: result.json" in p for p in invalid[0]["problems"])
     (fit,) = [s for s in report["scaling"] if s["fit"]]
     assert fit["groups"] == ["gpt", "qlstm"]
-    assert any("FLOP classes" in n for s in report["scaling"] for n in s["notes"])
+    (flops,) = [s for s in report["scaling"] if s["reference"] == "flops"]  # FLOP classes: an axis of their own
+    assert not flops["fit"] and any("gpt is not fitted" in n for n in flops["notes"])  # one class: one level
     fitted = json.loads((out / fit["fit"]).read_text())
     assert {p["source"] for g in fitted["groups"].values() for p in g["points"]} <= {e["name"] for e in report["entries"]}
     for name, digest in report["files"].items():

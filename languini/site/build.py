@@ -50,7 +50,7 @@ def manifest(site: Site, files: dict[str, bytes]) -> dict[str, Any]:
         "schema": SCHEMA,
         "title": site.title,
         "entries": [{"name": e.name, "valid": e.entry.rankable, "page": e.page if e.entry.path.is_dir() else None,
-                     "problems": e.entry.problems} for e in site.entries],
+                     "problems": e.reasons} for e in site.entries],
         "leaderboards": [{"evaluation_identity": b.identity or None, "dataset": b.dataset or None,
                           "compute_class": b.compute_class, "entries": [e.name for _, e in b.rows]}
                          for b in site.boards],

@@ -150,29 +150,16 @@ def boards(site_entries: list[SiteEntry]) -> list[Board]:
 
 
 def scalings(site_entries: list[SiteEntry], bootstrap: int, extrapolate: Sequence[float]) -> list[Scaling]:
-    """A power-law fit per evaluation identity and reference accelerator over the valid entries
-    with reference-hours; families too short of compute levels are named and left out."""
+    """A power-law fit per evaluation identity and compute axis (reference-hours on one
+    reference accelerator, or training FLOPs for FLOP classes) over the ranked entries;
+    families too short of compute levels are named and left out."""
     groups: dict[tuple[str, str, str], list[SiteEntry]] = {}
-    flop_only: dict[tuple[str, str], int] = {}
     for e in site_entries:
-        if not e.entry.rankable:
-            continue
-        ident, dataset = identity(e)
-        if e.result.get("reference_hours") is None:
-            flop_only[(ident, dataset)] = flop_only.get((ident, dataset), 0) + 1
-            continue
-        groups.setdefault((ident, dataset, str(e.result.get("reference"))), []).append(e)
-    out = [_scaling(ident, dataset, ref, members, bootstrap, extrapolate)
-           for (ident, dataset, ref), members in sorted(groups.items())]
-    for (ident, dataset), n in sorted(flop_only.items()):
-        note = (f"{n} entr{'y' if n == 1 else 'ies'} in FLOP classes record no reference-hours and are not fitted "
-                "(fit FLOP-class runs with `languini fit`).")
-        same = [s for s in out if (s.identity, s.dataset) == (ident, dataset)]
-        if same:
-            same[0].notes.append(note)
-        else:
-            out.append(Scaling(slug(f"{ident[:12] or 'results'}-flops"), ident, dataset, "flops", None, [note]))
-    return out
+        if e.entry.rankable:
+            ident, dataset = identity(e)
+            groups.setdefault((ident, dataset, str(e.result.get("reference"))), []).append(e)
+    return [_scaling(ident, dataset, ref, members, bootstrap, extrapolate)
+            for (ident, dataset, ref), members in sorted(groups.items())]
 
 
 def _scaling(ident: str, dataset: str, reference: str, members: list[SiteEntry], bootstrap: int,
