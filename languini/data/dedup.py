@@ -230,7 +230,8 @@ class Corpus:
     def train_table(self) -> DocTable:
         """The train documents as the split writer reads them."""
         train, n = self.docs["train"], self.n_train
-        return DocTable(train.offsets, train.domains, train.ids, self.rows["n_bytes"][:n], self.rows["n_chars"][:n])
+        rows = np.asarray(self.rows[:n])  # a plain view of the map: indexing it one document at a time stays cheap
+        return DocTable(train.offsets, train.domains, train.ids, rows["n_bytes"], rows["n_chars"])
 
 
 def _count(docs: Documents) -> int:
