@@ -138,7 +138,7 @@ def stop(node: subprocess.Popen) -> None:
     """End a node's whole session (its raylet, object store and workers), nothing else."""
     with_session(node, signal.SIGTERM)
     try:
-        node.wait(timeout=30)
+        node.wait(timeout=10)
     except subprocess.TimeoutExpired:
         with_session(node, signal.SIGKILL)
         node.wait()

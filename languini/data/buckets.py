@@ -102,7 +102,9 @@ def key_ranges(count: int) -> list[tuple[int, int]]:
 
 
 def merged(runs: Sequence[np.ndarray], block: int) -> Iterator[np.ndarray]:
-    """The records of `runs` (each sorted by (key, pos)) in one sorted stream of chunks.
+    """The records of `runs` in one stream of chunks sorted by (key, pos). Each run is sorted
+    by (key, pos), and the runs come in order of their positions, which do not overlap (parts
+    in link order), so a stable sort by key alone orders a chunk.
 
     Each round reads up to `block` records from every run and emits those at or below the
     smallest last record among runs that have more to read: nothing later can sort before
@@ -122,7 +124,7 @@ def merged(runs: Sequence[np.ndarray], block: int) -> Iterator[np.ndarray]:
             taken.append(blocks[r][:n])
             cursors[r] += n
         chunk = np.concatenate(taken)
-        yield chunk[np.lexsort((chunk["pos"], chunk["key"]))]
+        yield chunk if len(taken) == 1 else chunk[np.argsort(chunk["key"], kind="stable")]
 
 
 def _at_most(records: np.ndarray, key: int, pos: int) -> int:
@@ -148,8 +150,8 @@ class Buckets:
         chunk = np.empty(len(key), dtype=self.carry.dtype)
         chunk["key"], chunk["pos"], chunk["group"] = key, pos, 0 if group is None else group
         chunk = np.concatenate((self.carry, chunk))
-        if group is not None:  # without groups, the one carried record already sorts first
-            chunk = chunk[np.lexsort((chunk["pos"], chunk["group"], chunk["key"]))]
+        if group is not None:  # stable: positions stay in order within a group (carried firsts lead theirs)
+            chunk = chunk[np.lexsort((chunk["group"], chunk["key"]))]
         if not len(chunk):
             return np.empty((0, 2), dtype=np.int64)
         k, g, p = chunk["key"], chunk["group"], chunk["pos"]
@@ -209,6 +211,10 @@ class LinkPlan:
     columns: int  # the exact hash and the bands
     parts: int
 
+    @property
+    def n_rows(self) -> int:
+        return self.n_train + self.n_eval
+
 
 def link(plan: LinkPlan, contamination: bool, outputs: tuple[tuple[str, bool], ...], column: int, key_range: int, ranges: int) -> int:
     """A link task: the buckets of `column`'s keys in key range `key_range` of `ranges`, as
@@ -222,6 +228,7 @@ def link(plan: LinkPlan, contamination: bool, outputs: tuple[tuple[str, bool], .
 
     work = Path(plan.work)
     parts = range(plan.parts) if contamination else [p for p in range(plan.parts) if plan.part_starts[p] < plan.n_train]
+    parts = sorted(parts, key=lambda p: (plan.part_starts[p] + plan.n_eval) % plan.n_rows)  # in link order
     lo, hi = key_ranges(ranges)[key_range]
     runs = [_in_range(np.load(part_file(work, "runs", p), mmap_mode="r")[column], lo, hi) for p in parts]
     excluded = work / "excluded.npy"

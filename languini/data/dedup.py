@@ -214,7 +214,7 @@ class Corpus:
 
     @property
     def n_train(self) -> int:
-        return len(self.docs["train"].ids)
+        return _count(self.docs["train"])
 
     @property
     def n_eval(self) -> int:
@@ -223,15 +223,20 @@ class Corpus:
     def locate(self, row: int) -> tuple[str, int]:
         """The split of a corpus row and its index there."""
         for name, docs in self.docs.items():
-            if row < len(docs.ids):
+            if row < _count(docs):
                 return name, row
-            row -= len(docs.ids)
+            row -= _count(docs)
         raise IndexError(row)
 
     def train_table(self) -> DocTable:
         """The train documents as the split writer reads them."""
         train, n = self.docs["train"], self.n_train
-        return DocTable(train.offsets, train.domains, train.ids, self.rows["n_bytes"][:n], self.rows["n_chars"][:n])
+        rows = np.asarray(self.rows[:n])  # a plain view of the map: indexing it one document at a time stays cheap
+        return DocTable(train.offsets, train.domains, train.ids, rows["n_bytes"], rows["n_chars"])
+
+
+def _count(docs: Documents) -> int:
+    return len(docs.offsets) - 1
 
 
 ROW = np.dtype([("exact", "<u8"), ("n_bytes", "<i8"), ("n_chars", "<i8")])
@@ -251,7 +256,7 @@ def read_corpus(data: PreparedData, splits: Sequence[str], hasher: MinHasher, se
     """Stage one over `splits`: each part of the corpus signed by a worker into `work`."""
     docs = {name: data.documents(name) for name in splits}
     parts = list(plan_parts(docs, settings.bands + 1, workers, budget))
-    counts = [len(docs[name].ids) for name in splits]
+    counts = [_count(docs[name]) for name in splits]
     n_train, total = counts[0], sum(counts)
     starts = np.cumsum([0] + [hi - lo for _, lo, hi in parts])
     split_starts = dict(zip(splits, np.cumsum([0] + counts)))

@@ -6,6 +6,11 @@ pool of workers, or on a cluster engine:
     sign (MinHasher: exact hashes, signatures; band_keys) -> linked_pairs (candidate_pairs,
     similar: verification) -> representatives (clusters)
 
+`linked_pairs` and `representatives` hold everything in memory: they are the plain
+reference (and the benchmark's in-memory path). `languini data dedup` computes the same
+pairs and clusters from sorted runs on disk, in bounded memory (`buckets`); tests and the
+benchmark check that both decide alike.
+
 A document is the sequence of its words after `normalise`, and for near duplicates the set
 of its word n-grams ("shingles"). `MinHasher` works on a whole batch of documents at once,
 with no Python loop per word or shingle: the batch's code points are one array, a word's
