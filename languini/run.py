@@ -179,9 +179,9 @@ class RunDir:
         incoming = self.checkpoints / "incoming.pt"
         try:
             atomic_write_bytes(incoming, data)
-        except OSError as e:
-            raise UserError(f"Could not write a checkpoint in {self.checkpoints} ({e.strerror or e}); "
-                            "the previous checkpoint is intact.") from None
+        except UserError as e:  # the atomic writer's sentence names the file and the OSError
+            raise UserError(f"Could not write a checkpoint: {str(e).rstrip('.')}; the previous checkpoint is "
+                            "intact.") from None
         last, previous = self.checkpoints / "last.pt", self.checkpoints / "previous.pt"
         if last.exists():
             os.replace(last, previous)

@@ -76,7 +76,8 @@ def test_a_run_too_short_to_mean_anything_is_warned_about(runs):
         line for line in short["stderr"].splitlines() if line.startswith("warning:")]
     board = invoke("leaderboard", short["run"])
     assert "gpt/" in board and " ⚠ |" in board and "⚠ 1: the run trained 10 steps" in board
-    assert json.loads(invoke("leaderboard", short["run"], "--json"))["classes"]["test-1e9"][0]["warnings"]
+    (group,) = json.loads(invoke("leaderboard", short["run"], "--json"))["groups"]
+    assert group["compute_class"] == "test-1e9" and group["rows"][0]["warnings"]
 
 
 def test_a_selection_by_a_short_reference_is_warned_about(runs, tmp_path):
@@ -107,7 +108,7 @@ def test_a_certificate_for_another_config_says_what_differs(runs, tmp_path):
     other.write_text(TINY_MODEL.replace("d_model = 32", "d_model = 48"))
     err = fails("train", "--family", "gpt", "--config", other, "--data", runs["tmp"] / "data", "--class", "test-1e9",
                 "--batch-size", 8, "--throughput", runs["tmp"] / "cert.json", "--out", tmp_path / "r", "--no-progress")
-    assert "(d_model 32 measured vs 48 here)" in err
+    assert "(d_model 32 measured vs 48 here, head_dim 16 measured vs 24 here)" in err
 
 
 def test_a_hub_task_without_network_fails_at_once(runs, tmp_path):

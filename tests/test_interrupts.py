@@ -23,7 +23,7 @@ STOP_WITHIN = 10  # seconds from the signal to the exit
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A corpus big enough that every command below is still at work seconds after it starts."""
-    return tiny_corpus(tmp_path_factory.mktemp("interrupts") / "c.jsonl", n_docs=20000)
+    return tiny_corpus(tmp_path_factory.mktemp("interrupts") / "c.jsonl", n_docs=60000)
 
 
 @pytest.fixture(scope="module")
@@ -111,9 +111,10 @@ def pool_at_work(out, workers):
                          ids=["ctrl-c", "sigterm"])
 def test_prepare_stops_on_a_signal(corpus, tmp_path, sig, group):
     out = tmp_path / "data"
+    at_work = pool_at_work(out, 2)  # encoding: SentencePiece's training in the driver holds a signal until it ends
     code, err, workers = interrupt(
         ["data", "prepare", corpus, "--out", out, "--vocab-size", 300, "--workers", 2], tmp_path,
-        pool_at_work(out, 2), "a working pool", sig, group)
+        lambda proc, err: at_work(proc, err) and "encode" in err, "a working pool", sig, group)
     assert len(workers) >= 2
     assert_stopped(code, err, workers, tmp_path, sig)
     assert not out.exists()

@@ -62,7 +62,9 @@ def cases(trained: dict, tmp: Path) -> list[tuple[str, tuple]]:
         ("eval", (tmp / "resumed", "--split", "validation", QUIET)),
         ("eval", (tmp / "resumed", "--tasks", "languini_rolling,languini_cloze", "--limit", 3, QUIET)),
         ("submit", (run, "--out", tmp / "bundle")),
+        ("verify", (tmp / "bundle", "--data", trained["data"])),
         ("leaderboard", (tmp / "bundle", run)),
+        ("site", (tmp / "bundle", "--out", tmp / "site")),
         ("fit", (tmp / "points.csv", "--law", "power", "--bootstrap", 10, "--out", tmp / "fit.json")),
         ("plot", (tmp / "fit.json", "--out", tmp / "fit.png")),
     ]

@@ -320,7 +320,10 @@ class BadRecordError(UserError):
 
     def __init__(self, where: str, reason: str) -> None:
         super().__init__(f"{where}: {reason}; fix it or skip such records with --skip-bad-lines.")
-        self.reason = reason
+        self.where, self.reason = where, reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # raised in a worker, re-raised in the driver
+        return type(self), (self.where, self.reason)
 
 
 @dataclass(frozen=True)

@@ -199,15 +199,20 @@ def make_tokenizer(name: str, folder: Path, *, vocab_size: int, sample: Iterable
 
 
 def train_sentencepiece(texts: Iterable[str], path: Path, *, vocab_size: int, seed: int = 0) -> None:
-    """Train a BPE model on the lines of `texts` (SentencePiece learns from lines)."""
+    """Train a BPE model on the lines of `texts` (SentencePiece learns from lines).
+
+    The lines are a list, not a generator: a Ctrl-C raised inside a Python iterator that
+    SentencePiece drives is swallowed by its binding, and training carries on; over a list no
+    Python code runs until training returns, and the interrupt is raised then. (The sample is
+    bounded by `--sample-bytes`.)"""
     import sentencepiece as spm
 
-    lines = (line for text in texts for line in text.split("\n") if line)
+    lines = [line for text in texts for line in text.split("\n") if line]
     spm.set_random_generator_seed(seed)
     with open(path, "wb") as f:
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=lines, model_writer=f, vocab_size=vocab_size, minloglevel=2, **SENTENCEPIECE_SETTINGS
+                sentence_iterator=iter(lines), model_writer=f, vocab_size=vocab_size, minloglevel=2, **SENTENCEPIECE_SETTINGS
             )
         except RuntimeError as e:  # too large a vocabulary for the sample, mostly
             reason = str(e).split("] ", 1)[-1]
