@@ -65,13 +65,19 @@ def wait_until(proc, ready, what, timeout=120):
         time.sleep(0.05)
 
 
+def _as_a_shell_starts_it():
+    """A foreground job gets SIGINT's default action, whatever this test process left it at
+    (an ignored disposition is inherited across exec, and Python then never raises Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt(args, tmp_path, ready, what, sig=signal.SIGINT, group=True):
     """Run `languini ARGS`, send `sig` once `ready(proc, stderr so far)` holds, require the exit
     within STOP_WITHIN seconds; returns (exit status, stderr, the worker pids seen before the signal)."""
     stderr = tmp_path / "stderr.txt"  # a file, not a pipe: progress bars would fill a pipe nobody reads yet
     with stderr.open("w") as f:
         proc = subprocess.Popen(LANGUINI + [str(a) for a in args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                                stderr=f, start_new_session=True)
+                                stderr=f, start_new_session=True, preexec_fn=_as_a_shell_starts_it)
     try:
         wait_until(proc, lambda: ready(proc, stderr.read_text(errors="replace")), what)
         workers = children(proc.pid)

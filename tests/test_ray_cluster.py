@@ -152,6 +152,9 @@ def with_session(node: subprocess.Popen, sig: int) -> None:
 
 
 def test_prepare_and_dedup_on_a_two_node_cluster_match_local(ray_cluster, tmp_path, monkeypatch):
+    import ray
+
+    ray.shutdown()  # a Ray left initialised in this process by an earlier test would be reused, not the cluster's
     corpus = tiny_corpus(tmp_path / "c.jsonl", n_docs=300)
     with corpus.open("a") as f:  # copies for dedup to find, in and across domains
         f.write(json.dumps({"text": "The cat sat on a mat. " * 20, "meta": {"set": "verse"}}) + "\n")
