@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -371,21 +372,29 @@ def data_doremi(data_dir: Path, family: str, config_name: str, class_name: str, 
     emit(as_json, report, describe(report))
 
 
-stability_options = _stacked(
+_stability_flags = _stacked(
     click.option("--allow-noisy", is_flag=True,
-                 help="Certify a throughput whose step times never got steady (a busy machine), marked noisy; "
+                 help="Certify a throughput whose timing never got steady (a busy machine), marked noisy; "
                       "`submit` then fails its stability check."),
+    click.option("--min-cpu-share", default=0.80, show_default=True,
+                 help="On a CPU: the least share of the CPU time its threads could use that a round of timed "
+                      "steps must get to certify (a competing process takes the rest)."),
     click.option("--spread-tolerance", default=0.10, show_default=True,
-                 help="Largest spread (p90/p10 − 1) of a round's step times that certifies."),
+                 help="On a GPU: the largest spread (p90/p10 − 1) of a round's step times that certifies."),
     click.option("--max-rounds", default=5, show_default=True,
                  help="Rounds of timed steps to wait for a steady one before calling the machine busy."),
 )
 
 
-def _stability(allow_noisy: bool, spread_tolerance: float, max_rounds: int) -> Stability:
-    from languini.throughput import Stability
+def stability_options(f: Any) -> Any:
+    """The throughput guard's options, handed to the command as one `stability` (a Stability)."""
+    @functools.wraps(f)
+    def command(*args: Any, allow_noisy: bool, min_cpu_share: float, spread_tolerance: float, max_rounds: int,
+                **kwargs: Any) -> Any:
+        from languini.throughput import Stability
 
-    return Stability(spread_tolerance, max_rounds, allow_noisy)
+        return f(*args, stability=Stability(spread_tolerance, max_rounds, allow_noisy, min_cpu_share), **kwargs)
+    return _stability_flags(command)
 
 
 # --- mixes ------------------------------------------------------------------------------
@@ -412,8 +421,7 @@ def mix() -> None:
 @progress_option
 @json_option
 def mix_compare(mixes: tuple[Path, ...], family: str, config_name: str, class_name: str, data_dir: Path | None,
-                seeds: int, any_tokenizer: bool, out: Path, allow_noisy: bool, spread_tolerance: float,
-                max_rounds: int, progress: bool, as_json: bool) -> None:
+                seeds: int, any_tokenizer: bool, out: Path, stability: Stability, progress: bool, as_json: bool) -> None:
     """Train one run per MIX spec (and seed) at the same token budget and compare test bits/byte.
 
     All runs share one throughput certificate (so one budget) and one test split (the mixes'
@@ -425,7 +433,7 @@ def mix_compare(mixes: tuple[Path, ...], family: str, config_name: str, class_na
     from languini.mixes import compare, comparison_markdown
 
     table = compare(list(mixes), family, config_name, class_name, out, seeds, data_dir, progress, any_tokenizer,
-                    stability=_stability(allow_noisy, spread_tolerance, max_rounds))
+                    stability=stability)
     emit(as_json, table, comparison_markdown(table) + f"\ntable: {out / 'compare.json'}, figure: {out / 'compare.png'}")
 
 
@@ -482,18 +490,19 @@ def _train_overrides(**kwargs: Any) -> dict[str, Any]:
 @json_option
 def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_batch_size: int | None,
                    device: str, compile_: bool, precision: str | None, data_dir: Path | None, vocab_size: int | None,
-                   warmup: int, steps: int, sweep: bool, max_batch_size: int, out: Path | None, allow_noisy: bool,
-                   spread_tolerance: float, max_rounds: int, progress: bool, as_json: bool) -> None:
+                   warmup: int, steps: int, sweep: bool, max_batch_size: int, out: Path | None, stability: Stability,
+                   progress: bool, as_json: bool) -> None:
     """Measure training tokens/s (a full step on random tokens) and write a certificate.
 
     The certificate records the model, its config hash, device, software versions, batch,
     dtype, compile mode, every timed step, median and p10/p90, peak memory and MFU; `train
     --throughput FILE` and `budget --throughput FILE` read the budget from it.
 
-    Steps are timed in rounds of --steps until a round's spread (p90/p10 − 1) is within
-    --spread-tolerance; if --max-rounds pass without one, the machine is busy and the
-    measurement is refused (or, with --allow-noisy, certified marked noisy). Every round and
-    the machine's load are recorded.
+    Steps are timed in rounds of --steps until a round is steady: on a CPU, the measurement got
+    at least --min-cpu-share of the CPU time its threads could use; on a GPU, its step times
+    spread (p90/p10 − 1) by at most --spread-tolerance. If --max-rounds pass without one, the
+    machine is busy and the measurement is refused (or, with --allow-noisy, certified marked
+    noisy). Every round and the machine's load are recorded.
     """
     from dataclasses import asdict
 
@@ -507,7 +516,7 @@ def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_
         raise UserError("--warmup must be >= 0 and --steps >= 1.")
     vocab = PreparedData(data_dir).vocab_size if data_dir else vocab_size
     request = {"family": load_family(family).name, "config": config_name, "warmup": warmup, "steps": steps,
-               "stability": asdict(_stability(allow_noisy, spread_tolerance, max_rounds)),
+               "stability": asdict(stability),
                "model_overrides": {"vocab_size": vocab} if vocab else {},
                "train_overrides": _train_overrides(batch_size=batch_size, micro_batch_size=micro_batch_size,
                                                    device=device, compile_=compile_, precision=precision)}
@@ -549,7 +558,7 @@ def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_
 @progress_option
 @json_option
 def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str, compile_: bool, precision: str,
-                  warmup: int, steps: int, out: Path, allow_noisy: bool, spread_tolerance: float, max_rounds: int,
+                  warmup: int, steps: int, out: Path, stability: Stability,
                   progress: bool, as_json: bool) -> None:
     """Time the yardstick here to convert this device's budgets to the reference's.
 
@@ -561,7 +570,7 @@ def calibrate_cmd(reference: str, config_name: str, batch_size: int, device: str
     from languini.throughput import calibrate
 
     cal = calibrate(reference, config_name, batch_size, device, compile_, warmup, steps, progress, precision,
-                    _stability(allow_noisy, spread_tolerance, max_rounds))
+                    stability)
     atomic_write_json(out, cal)
     y = cal["yardstick"]
     emit(as_json, cal, f"{cal['device']}: GPT {config_name} at {y['local_tokens_per_second']:,.0f} tokens/s; "
@@ -675,7 +684,7 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
               any_tokenizer: bool, cert_path: Path | None,
               calibration_path: Path | None, device_factor: float | None, lr: float | None, warmup_steps: int | None, seed: int | None,
               eval_every: int | None, log_every: int | None, checkpoint_every: str | None, resume_: bool, force: bool,
-              allow_noisy: bool, spread_tolerance: float, max_rounds: int, verify_data: bool, progress: bool,
+              stability: Stability, verify_data: bool, progress: bool,
               as_json: bool) -> None:
     """Measure throughput, train exactly the class's token budget, evaluate on the test split.
 
@@ -702,7 +711,7 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
     mix = load_mix(mix_path) if mix_path else None
     p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert,
                      _calibration(calibration_path, device_factor), progress, mix, any_tokenizer,
-                     stability=_stability(allow_noisy, spread_tolerance, max_rounds))
+                     stability=stability)
     if resume_:
         result = trainer.resume(out, p, force, progress, verify_data=verify_data)
         if result is not None:

@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,28 +87,72 @@ def peak_flops(device_name: str) -> float | None:
 class Stability:
     """When timed steps are steady enough to certify.
 
-    Rounds of timed steps run until the last round's spread (p90/p10 − 1 of its step times)
-    is within `tolerance`, or `max_rounds` rounds have run. A last round still unsteady is
-    refused unless `allow_noisy`, which certifies it marked noisy.
+    Rounds of timed steps run until the last round is steady, or `max_rounds` rounds have run;
+    a last round still unsteady is refused unless `allow_noisy`, which certifies it marked noisy.
+
+    What "steady" means depends on the device. On a GPU, a process sharing it makes some steps
+    slow: a round is steady when its step times spread (p90/p10 − 1) by at most `tolerance`. On a
+    CPU the spread says little: on an idle 2-core VM it was 15–35% (the same as beside a process
+    competing for the cores), while the share of the CPU time its threads could use that the
+    measurement got was 94–96% idle and 47–48% beside that process. So on a CPU a round is
+    steady when that share is at least `min_cpu_share`.
     """
 
     tolerance: float = 0.10
     max_rounds: int = 5
     allow_noisy: bool = False
+    min_cpu_share: float = 0.80
 
     def __post_init__(self) -> None:
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)) or self.max_rounds < 1:
             raise UserError("The spread tolerance must be a number >= 0 and the rounds at least 1.")
+        if not (self.min_cpu_share >= 0 and math.isfinite(self.min_cpu_share)):
+            raise UserError("The minimum CPU share must be a number >= 0 (0.8 means 80%).")
 
     def for_class(self, cls: ComputeClass) -> "Stability":
         """A FLOP class's budget does not depend on tokens/s: one round, never refused."""
         return self if cls.uses_throughput else replace(self, max_rounds=1, allow_noisy=True)
 
+    def unsteady(self, measured: dict[str, Any]) -> str | None:
+        """Why a round (or a certificate, which holds its last round's figures) is not steady,
+        or None: its CPU share where one was measured (a CPU device), else its spread."""
+        share = measured.get("cpu_share")
+        if share is not None:
+            if share >= self.min_cpu_share:
+                return None
+            return (f"the measurement got {share:.0%} of the CPU time its threads could use, under the "
+                    f"{self.min_cpu_share:.0%} minimum")
+        if measured["spread"] <= self.tolerance:
+            return None
+        return f"its step times spread by {measured['spread']:.1%} (p90/p10), over the {self.tolerance:.1%} tolerance"
 
-def _round(times: list[float], tokens_per_step: int) -> dict[str, Any]:
+
+def _round(times: list[float], tokens_per_step: int, cpu_share: float | None) -> dict[str, Any]:
     p10, median, p90 = (float(v) for v in np.percentile(times, [10, 50, 90]))
     return {"step_times": times, "step_time_p10": p10, "step_time_median": median, "step_time_p90": p90,
-            "spread": p90 / p10 - 1, "tokens_per_second": tokens_per_step / median}
+            "spread": p90 / p10 - 1, "cpu_share": cpu_share, "tokens_per_second": tokens_per_step / median}
+
+
+class _CpuShare:
+    """The share of the CPU time its threads could use that this process got over a stretch of
+    wall time (CPU devices only: a competing process takes the rest)."""
+
+    def __init__(self, dev: torch.device) -> None:
+        self.on = dev.type == "cpu"
+
+    def __enter__(self) -> "_CpuShare":
+        self.cpu, self.wall = _process_cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = time.perf_counter() - self.wall
+        self.share = ((_process_cpu_seconds() - self.cpu) / (wall * torch.get_num_threads())
+                      if self.on and wall > 0 else None)
+
+
+def _process_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def other_gpu_processes(dev: torch.device) -> list[dict[str, Any]] | None:
@@ -144,8 +189,9 @@ def noisy_reason(cert: dict[str, Any]) -> str | None:
     """Why a certificate is marked noisy (None if it is not): what submit and train name."""
     if not cert.get("noisy"):
         return None
-    return (f"its step times spread by {cert['spread']:.1%} (p90/p10) in the last of {len(cert['rounds'])} "
-            f"rounds, over the {cert['tolerance']:.1%} tolerance, at {load_text(cert['load'])}")
+    stability = Stability(tolerance=cert["tolerance"], min_cpu_share=cert.get("min_cpu_share", 0.0))
+    why = stability.unsteady(cert) or "it was certified noisy"
+    return f"{why} in the last of {len(cert['rounds'])} rounds, at {load_text(cert['load'])}"
 
 
 def check_stable(cert: dict[str, Any], cls: ComputeClass, stability: Stability) -> None:
@@ -181,18 +227,22 @@ def measure(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig,
         bar.update()
         return timer.seconds
 
+    def round_() -> dict[str, Any]:
+        with _CpuShare(dev) as share:
+            times = [timed() for _ in range(steps)]
+        return _round(times, B * T, share.share)
+
     for _ in range(warmup):
         timed()
-    rounds = [_round([timed() for _ in range(steps)], B * T)]
-    while rounds[-1]["spread"] > stability.tolerance and len(rounds) < stability.max_rounds:
+    rounds = [round_()]
+    while stability.unsteady(rounds[-1]) and len(rounds) < stability.max_rounds:
         bar.total += steps
-        rounds.append(_round([timed() for _ in range(steps)], B * T))
+        rounds.append(round_())
     bar.close()
     last, load = rounds[-1], machine_load(dev)
-    noisy = last["spread"] > stability.tolerance
-    if noisy and not stability.allow_noisy:
-        raise UserError(f"The machine is busy: the step times of the last of {len(rounds)} measuring rounds spread "
-                        f"by {last['spread']:.1%} (p90/p10), over the {stability.tolerance:.1%} tolerance, at "
+    why = stability.unsteady(last)
+    if why and not stability.allow_noisy:
+        raise UserError(f"The machine is busy: in the last of {len(rounds)} measuring rounds {why}, at "
                         f"{load_text(load)}; measure on a quieter machine, or pass --allow-noisy to certify it "
                         "marked noisy.")
     model = trainable.model
@@ -228,7 +278,9 @@ def measure(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig,
         "tokens_per_second_p90": B * T / last["step_time_p10"],
         "spread": last["spread"],
         "tolerance": stability.tolerance,
-        "noisy": noisy,
+        "cpu_share": last["cpu_share"],
+        "min_cpu_share": stability.min_cpu_share,
+        "noisy": why is not None,
         "rounds": rounds,
         "load": load,
         "flops_per_token": flops,

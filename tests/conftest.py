@@ -58,7 +58,7 @@ def test_classes(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """One GPT nano trained through the CLI on a tiny two-domain corpus, shared by the tests."""
-    from helpers import ANY_SPREAD, invoke, tiny_corpus
+    from helpers import ANY_LOAD, invoke, tiny_corpus
 
     tmp = tmp_path_factory.mktemp("e2e")
     corpus = tiny_corpus(tmp / "corpus.jsonl")
@@ -66,7 +66,7 @@ def trained(tmp_path_factory):
     invoke("data", "prepare", corpus, "--out", data, "--vocab-size", 300, "--domain-field", "meta.set",
            "--split", "80/10/10", "--no-progress")
     invoke("throughput", "--family", "gpt", "--config", "nano", "--data", data, "--steps", 3, "--warmup", 1,
-           "--out", cert, "--no-progress", *ANY_SPREAD)
+           "--out", cert, "--no-progress", *ANY_LOAD)
     out = invoke("train", "--family", "gpt", "--config", "nano", "--data", data, "--class", "flops-3e11",
                  "--throughput", cert, "--out", run, "--no-progress", "--json")
     return {"data": data, "run": run, "cert": cert, "result": json.loads(out)}

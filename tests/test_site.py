@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from helpers import ANY_SPREAD, fails, invoke, tiny_corpus
+from helpers import ANY_LOAD, fails, invoke, tiny_corpus
 
 STEP = 2 * 128  # batch 2 × seq 128
 CLASSES = ("6h", "12h", "24h")
@@ -31,7 +31,7 @@ def inputs(test_classes, tmp_path_factory):
     for family in ("gpt", "qlstm"):
         cert = tmp / f"cert-{family}.json"
         invoke("throughput", "--family", family, "--config", "nano", "--data", data, "--batch-size", 2,
-               "--steps", 2, "--warmup", 1, "--out", cert, "--no-progress", *ANY_SPREAD)
+               "--steps", 2, "--warmup", 1, "--out", cert, "--no-progress", *ANY_LOAD)
         factor = 2 * STEP / (json.loads(cert.read_text())["tokens_per_second"] * 6 * 3600)
         for cls in CLASSES:
             run, bundle = tmp / "runs" / f"{family}-{cls}", tmp / "bundles" / f"{family}-{cls}"
