@@ -529,7 +529,8 @@ def throughput_cmd(family: str, config_name: str, batch_size: int | None, micro_
     lines = [f"{family}/{config_name} on {cert['device']}: {cert['tokens_per_second']:,.0f} tokens/s "
              f"(p10 {cert['tokens_per_second_p10']:,.0f}, p90 {cert['tokens_per_second_p90']:,.0f}; "
              f"batch {cert['batch_size']} × {cert['seq_len']}, median of {steps} steps)",
-             f"spread {cert['spread']:.1%} (p90/p10) in round {len(cert['rounds'])}, {load_text(cert['load'])}"
+             (f"CPU share {cert['cpu_share']:.0%}, " if cert.get("cpu_share") is not None else "")
+             + f"spread {cert['spread']:.1%} (p90/p10) in round {len(cert['rounds'])}, {load_text(cert['load'])}"
              + ("; NOISY: certified with --allow-noisy" if cert["noisy"] else "")]
     if cert["mfu"] is not None:
         lines.append(f"MFU {100 * cert['mfu']:.1f}% of {cert['peak_flops']:.3g} FLOP/s")
