@@ -6,9 +6,9 @@ documents the domain NAME. Reading comes in two halves so that it can use every 
 stay memory-bounded on large corpora: `read_tasks` (cheap, in the calling process) cuts a
 source into tasks, and each task (a picklable call that a worker process runs, which opens
 the file itself) turns its slice into a `Batch` of documents: a line-aligned byte range of a
-plain JSON-lines file, a whole compressed one, a Parquet row group, a few `.txt` files. Every document keeps a source id (the record's
-`id`, else `file:line`, `file:row`, `hf:NAME:row` or the file) so that a token can be traced
-back to where it came from.
+plain JSON-lines file, a whole compressed one, a Parquet row group, a few `.txt` files.
+Every document keeps a source id (the record's `id`, else `file:line`, `file:row`,
+`hf:NAME:row` or the file) so that a token can be traced back to where it came from.
 """
 
 from __future__ import annotations
