@@ -54,6 +54,34 @@ def test_jsonl_kinds_give_texts_ids_and_natural_domain(tmp_path, name):
     assert {d.domain for d in docs} == {"c"}  # the file stem without its suffixes
 
 
+@pytest.mark.parametrize("name", ["c.jsonl.gz", "c.jsonl.zst"])
+def test_a_compressed_file_is_one_task_that_reads_it_itself(tmp_path, monkeypatch, name):
+    """The calling process hands out where the file is, not its text (a worker or Ray node
+    reads it); lines are numbered across the file's decompressed blocks; over
+    WHOLE_FILE_BYTES the caller decompresses it into tasks of TASK_BYTES instead."""
+    import pickle
+
+    monkeypatch.setattr(sources, "TASK_BYTES", 1000)
+    records = [{"text": f"document {i} " * 20} for i in range(300)]
+    path = write_jsonl(tmp_path / name, records, (b"{not json\n",))
+    tasks = list(read_tasks(parse_source(str(path)), ReadOptions()))
+    assert len(tasks) == 1 and len(pickle.dumps(tasks[0])) < 1000  # the file holds 75 kB of text
+    with pytest.raises(UserError, match=rf"{name}:301: malformed JSON"):
+        tasks[0]()
+    monkeypatch.setattr(sources, "WHOLE_FILE_BYTES", 0)
+    assert len(list(read_tasks(parse_source(str(path)), ReadOptions()))) > 50
+    assert [d.text for d in read_all(str(path), skip_bad_lines=True).documents] == [r["text"] for r in records]
+
+
+@pytest.mark.parametrize("name, damage", [("c.jsonl.gz", lambda data: data[:-6]), ("c.jsonl.zst", lambda data: data[:4] + b"x" * 40)])
+def test_a_damaged_compressed_file_is_a_user_error_of_the_task(tmp_path, name, damage):
+    path = tmp_path / name
+    path.write_bytes(damage(write_jsonl(tmp_path / f"good-{name}", RECORDS).read_bytes()))
+    (task,) = read_tasks(parse_source(str(path)), ReadOptions())
+    with pytest.raises(UserError, match=rf"cannot read .*{name}"):
+        task()
+
+
 def test_domain_field_by_dotted_path_and_label_override(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", RECORDS)
     assert [d.domain for d in read_all(str(path), domain_field="meta.set").documents] == ["web", "books"]

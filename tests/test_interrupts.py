@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import invoke, tiny_corpus
@@ -117,13 +118,40 @@ def pool_at_work(out, workers):
                          ids=["ctrl-c", "sigterm"])
 def test_prepare_stops_on_a_signal(corpus, tmp_path, sig, group):
     out = tmp_path / "data"
-    at_work = pool_at_work(out, 2)  # encoding: SentencePiece's training in the driver holds a signal until it ends
+    at_work = pool_at_work(out, 2)
     code, err, workers = interrupt(
         ["data", "prepare", corpus, "--out", out, "--vocab-size", 300, "--workers", 2], tmp_path,
         lambda proc, err: at_work(proc, err) and "encode" in err, "a working pool", sig, group)
     assert len(workers) >= 2
     assert_stopped(code, err, workers, tmp_path, sig)
     assert not out.exists()
+
+
+def random_words(path, megabytes, seed=0):
+    """Documents of random letters and spaces: nearly every word is new, so SentencePiece's
+    training on them takes many seconds (tiny_corpus's few words train in a moment)."""
+    rng = np.random.default_rng(seed)
+    with path.open("w") as f:
+        for _ in range(megabytes * 1000):
+            letters = rng.integers(ord("a"), ord("z") + 1, size=1000, dtype=np.uint8)
+            letters[rng.random(1000) < 0.18] = ord(" ")
+            f.write(json.dumps({"text": letters.tobytes().decode()}) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prepare_stops_at_once_while_training_its_tokenizer(tmp_path, workers):
+    """SentencePiece trains on a pool worker (with one worker, in a child process), which is
+    ended at once; trained in the command's own process it held the signal until it
+    returned, longer than STOP_WITHIN here (13 s of CPU on this sample, measured on a loaded
+    machine)."""
+    corpus = random_words(tmp_path / "words.jsonl", megabytes=9)
+    out = tmp_path / "data"
+    code, err, workers_seen = interrupt(
+        ["data", "prepare", corpus, "--out", out, "--vocab-size", 120000, "--sample-mb", 8, "--workers", workers],
+        tmp_path, lambda proc, err: "training a" in err, "the tokenizer's training")
+    assert_stopped(code, err, workers_seen, tmp_path)
+    assert "encode" not in err and not out.exists()
 
 
 def test_dedup_stops_on_ctrl_c(data, tmp_path):

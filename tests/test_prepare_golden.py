@@ -24,6 +24,7 @@ from languini.data.prepare import TrainingSample, prepare
 
 JSONL_FINGERPRINT = "0286d4b9107c8306188bb56218de33223a852bcb1f956b807b74288fc3e51244"
 JSONL_FILES = "4482d01cb09dd415567443af56d2fa33fbcb9f81ec9d0969cdbbbfb3ffffe862"
+CHUNKS_FINGERPRINT = "f843b52aeac3fb2ad84705efa989d407ac9e5e9989d60f6b6ec4eb830b314931"
 STDLIB_INPUT = "777690d39d1ec14f2e2f0a7bb170c162b33190b60a84ebe46b27fbdaf531191d"  # the digest of the stdlib the expected stdlib output was made from
 STDLIB_FINGERPRINT = "1bdbf59ee2b7becd5e2da7e6fa74669f87e46c6375375634e3ba319e5ab608b9"
 STDLIB_FILES = "45c949c8aefb1d74c7bba248c1fec249e2975aadde307e05f8e23f0263ec924a"
@@ -67,6 +68,25 @@ def write_inputs(folder: Path) -> list[str]:
     return ["a.jsonl", "b.jsonl.gz", "c.jsonl.zst", "notes=notes"]
 
 
+def write_chunks(folder: Path) -> list[str]:
+    """A corpus as SlimPajama ships one: many compressed chunks (gzip and zstd here), with a
+    malformed line and invalid UTF-8 among the records."""
+    import zstandard
+
+    rng, specs = random.Random(23), []
+    for k in range(6):
+        lines = []
+        for i in range(150):
+            record = {"text": _text(rng), "meta": {"set": rng.choice(["web", "books", "code"])}}
+            lines.append(json.dumps(record, ensure_ascii=i % 2 == 0).encode() + b"\n")
+            if i % 61 == k:
+                lines.append(b'{"text": "broken\n' if k % 2 else b'{"text": "bad \xff byte", "meta": {"set": "web"}}\n')
+        name, data = f"chunk{k}.jsonl.{'zst' if k % 2 else 'gz'}", b"".join(lines)
+        (folder / name).write_bytes(zstandard.ZstdCompressor().compress(data) if k % 2 else gzip.compress(data, mtime=0))
+        specs.append(name)
+    return specs
+
+
 def files_digest(out: Path) -> str:
     """sha256 over every file of a dataset but its manifest (whose creation time varies)."""
     h = hashlib.sha256()
@@ -95,6 +115,13 @@ def prepare_jsonl(folder: Path, workers: int) -> tuple[str, str]:
     return manifest["fingerprint"], files_digest(folder / "out")
 
 
+def prepare_chunks(folder: Path, workers: int) -> str:
+    os.chdir(folder)
+    manifest = prepare(write_chunks(folder), "out", vocab_size=300, sample_bytes=40_000, domain_field="meta.set",
+                       split=(0.8, 0.1, 0.1), skip_bad_lines=True, workers=workers, progress=False)
+    return manifest["fingerprint"]
+
+
 def prepare_stdlib(out: Path, workers: int) -> tuple[str, str]:
     manifest = prepare(["builtin:stdlib"], out, workers=workers, progress=False)
     return manifest["fingerprint"], files_digest(out)
@@ -116,6 +143,18 @@ def test_sample_texts_left_behind_by_the_workers_are_fetched(tmp_path, monkeypat
     assert prepare_jsonl(tmp_path, workers=2) == (JSONL_FINGERPRINT, JSONL_FILES)
 
 
+@pytest.mark.parametrize("reader", ["workers", "caller"])
+def test_compressed_chunks_read_by_workers_prepare_as_read_by_one_process(tmp_path, monkeypatch, reader):
+    """Each chunk is one task that a worker reads whole, or (over WHOLE_FILE_BYTES) the calling
+    process decompresses it into blocks: both give the dataset that one process reading
+    everything gave before the workers read compressed files."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "TASK_BYTES", 20_000)
+    if reader == "caller":
+        monkeypatch.setattr(sources, "WHOLE_FILE_BYTES", 0)
+    assert prepare_chunks(tmp_path, workers=2) == CHUNKS_FINGERPRINT
+
+
 @pytest.mark.slow
 def test_stdlib_prepares_to_the_recorded_dataset(tmp_path):
     if stdlib_digest() != STDLIB_INPUT:
@@ -130,6 +169,9 @@ if __name__ == "__main__":  # print the expected values from the code at hand
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         print("JSONL", *prepare_jsonl(Path(tmp), workers=2))
+        os.chdir(here)
+    with tempfile.TemporaryDirectory() as tmp:
+        print("CHUNKS", prepare_chunks(Path(tmp), workers=1))
         os.chdir(here)
     with tempfile.TemporaryDirectory() as tmp:
         print("STDLIB", stdlib_digest(), *prepare_stdlib(Path(tmp) / "out", workers=2), file=sys.stdout)

@@ -4,7 +4,10 @@ user's cluster would be, give the datasets the local executor gives.
 
 The head offers no CPUs, so every task runs on a worker node. Each node runs `ray start
 --block` in a session of its own, and only those sessions are ended afterwards (never `ray
-stop`, which would stop every Ray node on the machine).
+stop`, which would stop every Ray node on the machine). The `languini` commands run as
+processes of their own, as a user runs them: a Ray that an earlier test initialised inside
+the test process (the CLI runner runs commands in-process) would otherwise be the driver's,
+and its dead workers' objects fail this test with OwnerDiedError.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import pytest
 
 import languini
-from helpers import invoke, tiny_corpus
+from helpers import tiny_corpus
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray", reason="Ray is an optional extra")
@@ -33,6 +36,7 @@ WORKER_NODES = 2
 START_SECONDS = 120
 WORKER_PORTS = 50
 START_ATTEMPTS = 4
+STOP_SECONDS = 5  # a node's grace to end its processes on SIGTERM before they are killed
 
 
 def free_ports(n: int) -> list[int]:
@@ -89,12 +93,11 @@ def alive_nodes(address: str, env: dict[str, str]) -> int:
 
 
 @pytest.fixture
-def ray_cluster(monkeypatch):
-    """RAY_ADDRESS of a head and WORKER_NODES worker nodes, each node killed (its whole session)
-    at the end, whatever happened. Token authentication is off on the nodes and this driver
-    alike (Ray turns it on where it finds a token in ~/.ray, which another local Ray may have
-    left)."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def ray_cluster():
+    """The environment of a driver of a head and WORKER_NODES worker nodes (RAY_ADDRESS set),
+    each node killed (its whole session) at the end, whatever happened. Token authentication is
+    off on the nodes and the drivers alike (Ray turns it on where it finds a token in ~/.ray,
+    which another local Ray may have left)."""
     root = Path(tempfile.mkdtemp(prefix="lr-", dir="/tmp"))  # short: Ray's socket paths must fit 107 bytes
     code_root = str(Path(languini.__file__).resolve().parents[1])  # the workers import this checkout
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")])),
@@ -115,12 +118,13 @@ def ray_cluster(monkeypatch):
                 stop(node)  # Ray gives a raylet 30 s to register; under load it may miss that: start it again
             else:
                 pytest.fail(f"Ray node {i} did not start: " + (root / f"node-{i}-{attempt}.log").read_text()[-1500:])
-        yield address
+        yield {**env, "RAY_ADDRESS": address}
     finally:
         for node in nodes:  # all at once: each takes a while to end its processes
             with_session(node, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
         for node in nodes:
-            stop(node)
+            stop(node, max(0.0, deadline - time.monotonic()))
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -134,11 +138,11 @@ def wait_for_nodes(address: str, env: dict[str, str], count: int, node: subproce
     return False
 
 
-def stop(node: subprocess.Popen) -> None:
+def stop(node: subprocess.Popen, grace: float = STOP_SECONDS) -> None:
     """End a node's whole session (its raylet, object store and workers), nothing else."""
     with_session(node, signal.SIGTERM)
     try:
-        node.wait(timeout=10)
+        node.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         with_session(node, signal.SIGKILL)
         node.wait()
@@ -151,24 +155,26 @@ def with_session(node: subprocess.Popen, sig: int) -> None:
         pass
 
 
-@pytest.mark.skip(reason="passes alone (twice, 83 s) but fails with Ray's OwnerDiedError after other in-process "
-                         "Ray tests in one pytest process; open: run its commands as subprocesses (closing note, stop 12)")
-def test_prepare_and_dedup_on_a_two_node_cluster_match_local(ray_cluster, tmp_path, monkeypatch):
-    import ray
+def run_languini(env: dict[str, str], *args: object) -> dict:
+    """Run a `languini ... --json` command in a process of its own; its JSON answer."""
+    out = subprocess.run([sys.executable, "-m", "languini.cli", *map(str, args), "--no-progress", "--json"], env=env,
+                         capture_output=True, text=True, timeout=START_SECONDS)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
 
-    ray.shutdown()  # a Ray left initialised in this process by an earlier test would be reused, not the cluster's
+
+def test_prepare_and_dedup_on_a_two_node_cluster_match_local(ray_cluster, tmp_path):
     corpus = tiny_corpus(tmp_path / "c.jsonl", n_docs=300)
     with corpus.open("a") as f:  # copies for dedup to find, in and across domains
         f.write(json.dumps({"text": "The cat sat on a mat. " * 20, "meta": {"set": "verse"}}) + "\n")
         f.write(json.dumps({"text": "the cat sat on a mat " * 20, "meta": {"set": "story"}}) + "\n")
+    local = {key: value for key, value in ray_cluster.items() if key != "RAY_ADDRESS"}
     outs = {}
-    for kind in ("local", "ray"):
-        if kind == "ray":
-            monkeypatch.setenv("RAY_ADDRESS", ray_cluster)
-        m = json.loads(invoke("data", "prepare", corpus, "--out", tmp_path / f"data-{kind}", "--vocab-size", 300,
-                              "--domain-field", "meta.set", "--workers", 2, "--executor", kind, "--no-progress", "--json"))
-        d = json.loads(invoke("data", "dedup", tmp_path / f"data-{kind}", "--out", tmp_path / f"dedup-{kind}", "--decontaminate",
-                              "--memory-limit", "64M", "--workers", 2, "--executor", kind, "--no-progress", "--json"))
+    for kind, env in (("local", local), ("ray", ray_cluster)):
+        m = run_languini(env, "data", "prepare", corpus, "--out", tmp_path / f"data-{kind}", "--vocab-size", 300,
+                     "--domain-field", "meta.set", "--workers", 2, "--executor", kind)
+        d = run_languini(env, "data", "dedup", tmp_path / f"data-{kind}", "--out", tmp_path / f"dedup-{kind}", "--decontaminate",
+                     "--memory-limit", "64M", "--workers", 2, "--executor", kind)
         outs[kind] = (m["fingerprint"], d["fingerprint"], d["duplicates"], d["total"])
     assert outs["ray"] == outs["local"]
     assert outs["local"][3]["exact"] >= 1 and outs["local"][3]["cross_domain"] >= 1  # dedup found the planted copies

@@ -102,7 +102,7 @@ def prepare(
         corpus = read_corpus(reading, sample, pool, workers, progress)
         if sample and progress:
             tqdm.write(f"training a {vocab_size}-piece SentencePiece BPE on {sample.size / 1e6:.2f} MB of train text", file=sys.stderr)
-        tok = make_tokenizer(tokenizer, tmp, vocab_size=vocab_size, sample=sample.texts() if sample else (), seed=seed)
+        tok = make_tokenizer(tokenizer, tmp, vocab_size=vocab_size, sample=sample.texts() if sample else (), seed=seed, pool=pool)
         splits = write_splits(reading, corpus, tok, tmp, shard_tokens, pool, workers, progress)
         manifest = build_manifest(request, corpus, tok, splits, tmp)
         check_out(out, request, manifest["fingerprint"], force)
@@ -224,23 +224,40 @@ class Scan:
     texts: list[str | None] = field(default_factory=list)  # its capped text if under the ceiling
 
 
-def scan(fractions: Sequence[float], task: Task, sample: tuple[bytes, int, int] | None) -> Scan:
+def scan(fractions: Sequence[float], task: Task, sample: tuple[bytes, int, int, int] | None) -> Scan:
     """Pass one of one task (run by a worker): split, count, hash for the sample.
 
-    `sample` is (key, cap, ceiling): texts hashed above the ceiling stay behind."""
+    `sample` is (key, cap, ceiling, budget): texts hashed above the ceiling stay behind, and
+    so do those that the task's own smaller-hashed texts already push out of the budget
+    (they cannot enter the sample either), so a large task sends back little text even
+    when it is handed out before the sample has filled."""
     batch = task()
     result = Scan(bad_lines=batch.bad_lines, replaced=batch.replaced, lines=batch.lines, bad_at=batch.bad_at)
     result.empty = sum(1 for doc in batch.documents if not doc.text)
+    train: list[str] = []
     for doc, data, name in kept(batch, fractions):
         result.documents[name] += 1
         result.domains.add(doc.domain)
         if sample is not None and name == "train":
-            key, cap, ceiling = sample
-            h = sample_hash(key, data)
-            result.hashes.append(h)
-            result.lengths.append(min(len(doc.text), cap))
-            result.texts.append(doc.text[:cap] if h <= ceiling else None)
+            result.hashes.append(sample_hash(sample[0], data))
+            result.lengths.append(min(len(doc.text), sample[1]))
+            train.append(doc.text)
+    if sample is not None:
+        key, cap, ceiling, budget = sample
+        ceiling = min(ceiling, own_ceiling(result.hashes, result.lengths, budget))
+        result.texts = [text[:cap] if h <= ceiling else None for h, text in zip(result.hashes, train)]
     return result
+
+
+def own_ceiling(hashes: list[int], lengths: list[int], budget: int) -> int:
+    """The hash above which a document is out of the sample for this task's own documents
+    alone: the first whose smaller-hashed documents, with it, exceed the budget."""
+    total = 0
+    for h, length in sorted(zip(hashes, lengths)):
+        total += length
+        if total > budget:
+            return h
+    return 1 << 64
 
 
 def sample_texts(fractions: Sequence[float], task: Task, cap: int, wanted: list[int]) -> list[str]:
@@ -277,7 +294,7 @@ def read_corpus(reading: Reading, sample: TrainingSample | None, pool: Executor 
     def jobs() -> Iterator[Callable[[], Scan]]:
         for task in reading.tasks():
             handed.append(task)
-            yield partial(scan, reading.fractions, task, (sample.key, sample.cap, sample.ceiling()) if sample else None)
+            yield partial(scan, reading.fractions, task, (sample.key, sample.cap, sample.ceiling(), sample.budget) if sample else None)
 
     with tqdm(desc="read", unit=" docs", disable=not progress, file=sys.stderr) as bar:
         for k, result in enumerate(run_tasks(pool, jobs(), window=2 * workers)):

@@ -4,14 +4,16 @@ A source is `builtin:stdlib`, `hf:NAME`, a `.jsonl`/`.jsonl.gz`/`.jsonl.zst` or 
 file, or a folder of `.txt` files, optionally labelled `NAME=SOURCE` to give all its
 documents the domain NAME. Reading comes in two halves so that it can use every core and
 stay memory-bounded on large corpora: `read_tasks` (cheap, in the calling process) cuts a
-source into tasks of a few MB, and each task (a picklable call that a worker process runs)
-turns its slice into a `Batch` of documents. Every document keeps a source id (the record's
-`id`, else `file:line`, `file:row`, `hf:NAME:row` or the file) so that a token can be traced
-back to where it came from.
+source into tasks, and each task (a picklable call that a worker process runs, which opens
+the file itself) turns its slice into a `Batch` of documents: a line-aligned byte range of a
+plain JSON-lines file, a whole compressed one, a Parquet row group, a few `.txt` files.
+Every document keeps a source id (the record's `id`, else `file:line`, `file:row`,
+`hf:NAME:row` or the file) so that a token can be traced back to where it came from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib
 import inspect
@@ -19,6 +21,7 @@ import io
 import json
 import os
 import re
+import sys
 import sysconfig
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +34,11 @@ TASK_BYTES = 4 << 20
 """About how much input text one read task carries: big enough to amortise the hand-off to
 a worker, small enough that a few tasks in flight per core stay cheap in memory."""
 FILE_TASK_BYTES = 1 << 20  # whole files are read by the worker: smaller tasks balance cores
+WHOLE_FILE_BYTES = 32 << 20
+"""The largest compressed file one worker reads whole (a stream cannot be entered mid-way, so
+it is one task), as corpora of many compressed chunks ship (SlimPajama's are about 15 MB). A
+larger one is decompressed by the calling process and handed out in blocks of TASK_BYTES,
+so that no task holds more than about this much compressed input's documents."""
 
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 _KNOWN_KINDS = "builtin:stdlib, hf:NAME, a .jsonl/.jsonl.gz/.jsonl.zst or .parquet file, or a folder of .txt files"
@@ -379,21 +387,57 @@ def _record_reader(source: Source, options: ReadOptions) -> RecordReader:
 
 
 def _jsonl_tasks(source: Source, options: ReadOptions) -> Iterator[Task]:
-    """A plain file is cut into byte ranges that the workers read themselves, so the calling
-    process never touches its text; a compressed one cannot be entered mid-stream, so it is
-    decompressed here and handed out in blocks of whole lines."""
+    """A plain file is cut into byte ranges and a compressed one up to WHOLE_FILE_BYTES is one
+    task, which the workers read themselves, so the calling process never touches their text;
+    a larger compressed one is decompressed here and handed out in blocks of whole lines."""
     reader = _record_reader(source, options)
     path = Path(source.location)
-    try:
-        if path.name.lower().endswith((".gz", ".zst")):
+    with _reading(source.location):
+        size = path.stat().st_size
+        if not path.name.lower().endswith((".gz", ".zst")):
+            for start in range(0, max(size, 1), TASK_BYTES):
+                yield JsonlSlice(reader, source.location, str(path.resolve()), start, start + TASK_BYTES, 1 if start == 0 else None)
+        elif size <= WHOLE_FILE_BYTES:
+            yield CompressedJsonl(reader, source.location, str(path.resolve()))
+        else:
             with _open_binary(path) as f:
                 yield from _jsonl_blocks(reader, source.location, f)
-        else:
-            size, task_bytes = path.stat().st_size, TASK_BYTES
-            for start in range(0, max(size, 1), task_bytes):
-                yield JsonlSlice(reader, source.location, str(path.resolve()), start, start + task_bytes, 1 if start == 0 else None)
-    except (OSError, EOFError, ValueError) as e:  # zstandard.ZstdError is a ValueError
-        raise UserError(f"cannot read {source.location}: {e}") from None
+
+
+@contextlib.contextmanager
+def _reading(file: str) -> Iterator[None]:
+    """A file that cannot be read or decompressed, said in one sentence."""
+    try:
+        yield
+    except (OSError, EOFError, ValueError, *_zstd_error()) as e:  # (evaluated only when one was raised)
+        raise UserError(f"cannot read {file}: {e}") from None
+
+
+def _zstd_error() -> tuple[type[Exception], ...]:
+    """zstandard's error (an Exception of its own), where a .zst file was opened."""
+    zstandard = sys.modules.get("zstandard")
+    return (zstandard.ZstdError,) if zstandard else ()
+
+
+@dataclass(frozen=True)
+class CompressedJsonl:
+    """A whole compressed JSON-lines file, read by the worker that runs it: a corpus of many
+    compressed chunks is read by all workers (or Ray nodes, from shared storage) at once."""
+
+    reader: RecordReader
+    file: str  # as the user wrote it: ids and messages name it so
+    path: str  # absolute, for a worker with another working directory
+
+    def __call__(self) -> Batch:
+        batch = Batch()
+        with _reading(self.file), _open_binary(Path(self.path)) as f:
+            for block in _jsonl_blocks(self.reader, self.file, f):
+                part = block()
+                batch.documents += part.documents
+                batch.bad_lines += part.bad_lines
+                batch.replaced += part.replaced
+                batch.lines += part.lines
+        return batch
 
 
 def _jsonl_blocks(reader: RecordReader, file: str, f: io.BufferedIOBase) -> Iterator[Task]:

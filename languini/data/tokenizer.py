@@ -8,13 +8,16 @@ model file against the manifest's sha256 so a swapped file cannot silently chang
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from languini.data.executors import Executor, in_child, run_tasks
 from languini.errors import UserError
 from languini.io import read_json, sha256_file
 
@@ -180,10 +183,12 @@ def needs_training(name: str) -> bool:
     return name == "sentencepiece"
 
 
-def make_tokenizer(name: str, folder: Path, *, vocab_size: int, sample: Iterable[str] = (), seed: int = 0, threads: int = 1) -> Tokenizer:
+def make_tokenizer(name: str, folder: Path, *, vocab_size: int, sample: Iterable[str] = (), seed: int = 0, threads: int = 1,
+                   pool: Executor | None = None) -> Tokenizer:
     """The tokenizer `name` for a dataset being built in `folder`, its model file put there.
 
-    `sample` (texts of the train split) is read only to train a `sentencepiece` tokenizer.
+    `sample` (texts of the train split) is read only to train a `sentencepiece` tokenizer, on
+    one of the workers of `pool` when given.
     """
     check_tokenizer_name(name)
     if name == "bytes":
@@ -191,32 +196,39 @@ def make_tokenizer(name: str, folder: Path, *, vocab_size: int, sample: Iterable
     path = folder / MODEL_FILE
     if name == "sentencepiece":
         settings = {**SENTENCEPIECE_SETTINGS, "vocab_size": vocab_size, "seed": seed}
-        train_sentencepiece(sample, path, vocab_size=vocab_size, seed=seed)
+        train_sentencepiece(sample, path, vocab_size=vocab_size, seed=seed, pool=pool)
     else:
         settings = {"source": name}
         shutil.copyfile(name, path)
     return SentencePieceTokenizer(path, settings=settings, threads=threads)
 
 
-def train_sentencepiece(texts: Iterable[str], path: Path, *, vocab_size: int, seed: int = 0) -> None:
+def train_sentencepiece(texts: Iterable[str], path: Path, *, vocab_size: int, seed: int = 0, pool: Executor | None = None) -> None:
     """Train a BPE model on the lines of `texts` (SentencePiece learns from lines).
 
-    The lines are a list, not a generator: a Ctrl-C raised inside a Python iterator that
-    SentencePiece drives is swallowed by its binding, and training carries on; over a list no
-    Python code runs until training returns, and the interrupt is raised then. (The sample is
-    bounded by `--sample-bytes`.)"""
+    The training runs on a worker of `pool`, else in a child process: SentencePiece's binding
+    holds the process that trains until training returns (a Ctrl-C raised meanwhile would
+    wait, or be swallowed inside a line iterator it drives), while a worker is ended at once.
+    (The sample is bounded by `--sample-bytes`.)"""
+    lines = [line for text in texts for line in text.split("\n") if line]
+    task = partial(sentencepiece_model, lines, vocab_size, seed)
+    path.write_bytes(in_child(task) if pool is None else next(run_tasks(pool, [task], window=1)))
+
+
+def sentencepiece_model(lines: list[str], vocab_size: int, seed: int) -> bytes:
+    """The model file of a BPE trained on `lines` (run by the child process)."""
     import sentencepiece as spm
 
-    lines = [line for text in texts for line in text.split("\n") if line]
     spm.set_random_generator_seed(seed)
-    with open(path, "wb") as f:
-        try:
-            spm.SentencePieceTrainer.train(
-                sentence_iterator=iter(lines), model_writer=f, vocab_size=vocab_size, minloglevel=2, **SENTENCEPIECE_SETTINGS
-            )
-        except RuntimeError as e:  # too large a vocabulary for the sample, mostly
-            reason = str(e).split("] ", 1)[-1]
-            raise UserError(f"SentencePiece cannot train a {vocab_size}-piece vocabulary on this training sample: {reason}") from None
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, minloglevel=2, **SENTENCEPIECE_SETTINGS
+        )
+    except RuntimeError as e:  # too large a vocabulary for the sample, mostly
+        reason = str(e).split("] ", 1)[-1]
+        raise UserError(f"SentencePiece cannot train a {vocab_size}-piece vocabulary on this training sample: {reason}") from None
+    return model.getvalue()
 
 
 def load_tokenizer(data_dir: str | Path, threads: int | None = None) -> Tokenizer:
