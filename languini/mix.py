@@ -20,7 +20,11 @@ A mix made by a selection command (`languini.selection`) also carries a `[select
 its provenance, the tokenizer it was selected under and its cost. Two rules travel with it:
 weights and scores measured in one tokenizer's tokens do not transfer to data tokenized with
 another (`check_tokenizer`), and with `charge = true` the cost comes out of the training
-budget (`charge`).
+budget (`charge`). `SelectionCost` is the one shape of what a selection cost, wherever it is
+written: the `[selection]` table, a selection report's `cost`, the `selection` of a `mix
+compare` or leaderboard row; `SelectionCost.text` is how it is said.
+
+`write_mix` writes everything `load_mix` reads, so a spec survives a round trip.
 """
 
 from __future__ import annotations
@@ -28,15 +32,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
-from languini.errors import UserError, to_stderr
-from languini.io import read_toml
-
-if TYPE_CHECKING:
-    from languini.throughput import Stability
+from languini.compute import Charge
+from languini.errors import UserError
+from languini.io import atomic_write_text, read_toml, toml_table
 
 KEYS = {"name", "data", "max_epochs", "weights", "dedup", "selection"}
 DEDUP_TYPES = {"scope": str, "threshold": float, "ngram": int, "num_perm": int, "decontaminate": bool,
@@ -81,14 +84,17 @@ class Mix:
                     f"{need - have:,.0f} tokens short."
                 )
 
-    def charge(self) -> dict[str, Any] | None:
+    def selection_cost(self) -> SelectionCost | None:
+        """What the selection behind this mix cost (None: no selection made it)."""
+        return SelectionCost.from_dict(self.selection) if self.selection else None
+
+    def charge(self) -> Charge | None:
         """The selection's cost as a budget charge (`compute.charged_amount`), if it is charged."""
-        sel = self.selection or {}
-        if sel.get("charge") is not True:
+        cost = self.selection_cost()
+        if cost is None or not cost.charge:
             return None
-        return {"hours": sel.get("selection_hours"), "flops": sel.get("selection_flops"),
-                "reference": sel.get("selection_reference"),
-                "source": f"the {sel.get('method', 'data')} selection behind mix '{self.name}'"}
+        return Charge(hours=cost.hours, flops=cost.flops, reference=cost.reference,
+                      source=f"the {cost.method or 'data'} selection behind mix '{self.name}'")
 
     def check_tokenizer(self, data: Any, force: bool = False) -> str | None:
         """Refuse data tokenized otherwise than the mix was selected on; forced, return a warning."""
@@ -164,140 +170,91 @@ def load_mix(path: str | Path) -> Mix:
     return mix
 
 
-def _test_identity(manifest: dict[str, Any]) -> tuple:
-    """What must agree for two datasets to be scored on the same text with the same ids."""
-    test = manifest["splits"]["test"]
-    return manifest["tokenizer"]["sha256"], tuple(s["sha256"] for s in test["shards"])
+def write_mix(path: Path, mix: Mix) -> None:
+    """The mix as the TOML `load_mix` reads back (weights, dedup and selection included); `data`
+    is written relative to the spec's folder (where `load_mix` resolves it), so spec and data
+    can move together."""
+    data = os.path.relpath(Path(mix.data).resolve(), path.resolve().parent) if mix.data else None
+    atomic_write_text(path, toml_table({"name": mix.name, "data": data, "max_epochs": mix.max_epochs,
+                                        "weights": mix.weights, "dedup": mix.dedup, "selection": mix.selection}))
 
 
-def _mean_spread(values: list[float]) -> dict[str, float]:
-    arr = [float(v) for v in values]
-    mean = sum(arr) / len(arr)
-    return {"mean": mean, "spread": (max(arr) - min(arr)) / 2, "n": len(arr)}
-
-
-def compare(mix_paths: list[str | Path], family: str, config: str, class_name: str, out_dir: str | Path,
-            seeds: int = 1, data_dir: str | Path | None = None, progress: bool = True,
-            any_tokenizer: bool = False, warn: Callable[[str], None] = to_stderr,
-            stability: Stability | None = None) -> dict[str, Any]:
-    """Train every mix (× seed) at one compute class and one certificate; tabulate test bits/byte.
-
-    One throughput certificate serves every run, so every run gets the same token budget (less
-    a charged selection's cost); every mix's data must share the tokenizer and the test split,
-    so every run is scored on the same text. Runs that already hold a result for the same mix
-    are reused. Writes `compare.json` and the figure `compare.png` into `out_dir`.
-    """
-    from languini import throughput, trainer
-    from languini.compute import get_class
-    from languini.data.loader import PreparedData
-    from languini.family import load_family
-    from languini.io import atomic_write_bytes, atomic_write_json, read_json
-    from languini.plots import mix_comparison, png_bytes
-
-    if seeds < 1:
-        raise UserError("--seeds must be at least 1.")
-    stability = stability or throughput.Stability()
-    mixes = [load_mix(p) for p in mix_paths]
-    names = [m.name for m in mixes]
-    if len(set(names)) != len(names):
-        raise UserError(f"Two mixes share a name ({', '.join(names)}); names label the runs.")
-    datas = {m.name: PreparedData(m.data or data_dir) if (m.data or data_dir) else None for m in mixes}
-    missing = [n for n, d in datas.items() if d is None]
-    if missing:
-        raise UserError(f"Mix(es) {', '.join(missing)} name no data; give --data.")
-    identities = {n: _test_identity(d.manifest) for n, d in datas.items()}
-    if len(set(identities.values())) > 1:
-        raise UserError("The mixes' datasets differ in tokenizer or test split, so their results would not be "
-                        "comparable; derive them from one prepared dataset.")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cert_path = out_dir / "throughput.json"
-    if cert_path.exists():
-        cert = read_json(cert_path, "Throughput certificate")
-    else:
-        fam = load_family(family)
-        first = next(iter(datas.values()))
-        model_cfg, defaults = fam.config(config, vocab_size=first.vocab_size)
-        from languini.config import train_config
-
-        cert = throughput.measure(fam, config, model_cfg, train_config(defaults, {}), progress=progress,
-                                  stability=stability.for_class(get_class(class_name)))
-        atomic_write_json(cert_path, cert)
-    runs: dict[str, list[dict[str, Any]]] = {}
-    for mix in mixes:
-        for seed in range(seeds):
-            run = out_dir / f"{mix.name}-seed{seed}"
-            result_path = run / "result.json"
-            p = trainer.plan(family, config, datas[mix.name].path, class_name, {"seed": seed}, cert,
-                             progress=progress, mix=mix, any_tokenizer=any_tokenizer, warn=warn, stability=stability)
-            if result_path.exists():
-                result = read_json(result_path, "Run result")
-                if (result.get("mix_details") or {}).get("digest") != p.mix.digest():
-                    raise UserError(f"{run} holds a run of a different mix '{result.get('mix')}'; move it away.")
-            else:
-                result = trainer.train(p, run, force=True, progress=progress)
-            runs.setdefault(mix.name, []).append(result)
-    table = comparison_table(runs, class_name)
-    atomic_write_bytes(out_dir / "compare.png", png_bytes(mix_comparison(table)))
-    atomic_write_json(out_dir / "compare.json", table)
-    return table
+def check_spec_out(path: Path, force: bool) -> None:
+    """A spec is a user's file once written: replace it only when asked."""
+    if path.suffix != ".toml":
+        raise UserError(f"The mix spec {path} must end in .toml.")
+    if path.exists() and not force:
+        raise UserError(f"The mix spec {path} already exists; pass --force to replace it or choose another path.")
 
 
 def train_domain_tokens(data: Any) -> dict[str, int]:
     return {d: v["tokens"] for d, v in data.manifest["splits"]["train"]["by_domain"].items()}
 
 
-def selection_cost(result: dict[str, Any]) -> dict[str, Any] | None:
-    """What a run's data selection cost and whether its budget paid for it (None: no selection)."""
-    details = result.get("mix_details") or {}
-    sel = details.get("selection")
-    if not sel:
-        return None
-    return {"method": sel.get("method"), "selection_hours": sel.get("selection_hours"),
-            "selection_reference": sel.get("selection_reference"), "selection_flops": sel.get("selection_flops"),
-            "charged": sel.get("charge") is True}
+@dataclass(frozen=True)
+class SelectionCost:
+    """What a data selection cost, in a compute class's units, and whether a budget pays it.
+
+    `hours` are reference-hours on `reference` (None under a FLOP class, or when the parts'
+    references differ), `flops` training FLOPs; None where unknown (an external embedder's).
+    `parts` (each selection model's share) and `rule` (how they were counted, or why the cost
+    is unknown) are what a selection report adds; a spec's table and a result row carry the
+    totals, the method and `charge`.
+    """
+
+    hours: float | None = None
+    reference: str | None = None
+    flops: float | None = None
+    method: str | None = None
+    charge: bool = False
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rule: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SelectionCost:
+        """Read from a `[selection]` table, a report's `cost` or a row's `selection` (all one shape)."""
+        charge = d.get("charge", d.get("charged"))  # `charged`: compare.json rows written before the rename
+        return cls(hours=d.get("selection_hours"), reference=d.get("selection_reference"),
+                   flops=d.get("selection_flops"), method=d.get("method"), charge=charge is True,
+                   parts=d.get("parts") or {}, rule=d.get("rule"))
+
+    @classmethod
+    def of_run(cls, result: dict[str, Any]) -> SelectionCost | None:
+        """The selection behind a finished run's mix, from its result.json (None: no selection)."""
+        selection = (result.get("mix_details") or {}).get("selection")
+        return cls.from_dict(selection) if selection else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The totals under their on-disk names: a row's `selection`, and the cost keys of a `[selection]` table."""
+        return {"method": self.method, "selection_hours": self.hours, "selection_reference": self.reference,
+                "selection_flops": self.flops, "charge": self.charge}
+
+    def report(self) -> dict[str, Any]:
+        """A selection report's `cost`: the totals, each model's part, and the rule."""
+        return {"selection_hours": self.hours, "selection_reference": self.reference,
+                "selection_flops": self.flops, "parts": self.parts, "rule": self.rule}
+
+    def text(self) -> str:
+        """In a few words: the method, reference-hours where known, else FLOPs, else unknown (and
+        why), and whether the budget paid it."""
+        if self.hours is not None:
+            amount = f"{self.hours:.3g} h"
+        elif self.flops is not None:
+            amount = f"{self.flops:.3g} FLOPs"
+        else:
+            amount = "cost unknown" + (f" ({self.rule})" if self.rule else "")
+        return (f"{self.method}: " if self.method else "") + amount + (" (charged)" if self.charge else "")
 
 
-def comparison_table(runs: dict[str, list[dict[str, Any]]], class_name: str) -> dict[str, Any]:
-    rows = []
-    for name, results in runs.items():
-        domains = sorted({d for r in results for d in r["test"]["by_domain"]})
-        rows.append({
-            "mix": name,
-            "tokens": results[0]["tokens_trained"],
-            "reference_hours": results[0].get("reference_hours"),
-            "seeds": len(results),
-            "bits_per_byte": _mean_spread([r["test"]["bits_per_byte"] for r in results]),
-            "by_domain": {d: _mean_spread([r["test"]["by_domain"][d]["bits_per_byte"] for r in results
-                                           if d in r["test"]["by_domain"]]) for d in domains},
-            "weights": (results[0].get("mix_details") or {}).get("weights"),
-            "selection": selection_cost(results[0]),
-        })
-    rows.sort(key=lambda r: r["bits_per_byte"]["mean"])
-    return {"compute_class": class_name, "rows": rows}
+def selection_row(result: dict[str, Any]) -> dict[str, Any] | None:
+    """A result row's `selection` (`mix compare`, the leaderboard): what the selection behind the
+    run's mix cost and whether its budget paid it; None without one."""
+    cost = SelectionCost.of_run(result)
+    return cost.to_dict() if cost else None
 
 
-def cost_text(sel: dict[str, Any] | None) -> str:
-    """A row's `selection` in a few words: method, cost, and whether the budget paid it."""
-    if sel is None:
-        return "–"
-    if sel["selection_hours"] is not None:
-        cost = f"{sel['selection_hours']:.3g} h"
-    elif sel["selection_flops"] is not None:
-        cost = f"{sel['selection_flops']:.3g} FLOPs"
-    else:
-        cost = "cost unknown"
-    return f"{sel['method']}: {cost}" + (" (charged)" if sel["charged"] else "")
+def selection_text(selection: dict[str, Any] | None, none: str = "–") -> str:
+    """A row's `selection` as `SelectionCost.text` says it; `none` where no selection made the mix."""
+    return SelectionCost.from_dict(selection).text() if selection else none
 
 
-def comparison_markdown(table: dict[str, Any]) -> str:
-    """The table: one row per mix, best first; selection cost beside each (charged or not)."""
-    domains = sorted({d for r in table["rows"] for d in r["by_domain"]})
-    head = "| mix | tokens | seeds | test bits/byte | " + " | ".join(domains) + " | selection cost |"
-    lines = [head, "|" + "---|" * (5 + len(domains))]
-    for r in table["rows"]:
-        cells = [f"{r['by_domain'][d]['mean']:.4f} ± {r['by_domain'][d]['spread']:.4f}" if d in r["by_domain"]
-                 else "–" for d in domains]
-        lines.append(f"| {r['mix']} | {r['tokens']:,} | {r['seeds']} | {r['bits_per_byte']['mean']:.4f} ± "
-                     f"{r['bits_per_byte']['spread']:.4f} | " + " | ".join(cells) + f" | {cost_text(r['selection'])} |")
-    return "\n".join(lines)
