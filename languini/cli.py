@@ -430,7 +430,7 @@ def mix_compare(mixes: tuple[Path, ...], family: str, config_name: str, class_na
     per-domain bits-per-byte. A mix made by a selection command shows its selection cost; with
     `charge = true` in its [selection] table that cost came out of its training budget.
     """
-    from languini.mixes import compare, comparison_markdown
+    from languini.compare import compare, comparison_markdown
 
     table = compare(list(mixes), family, config_name, class_name, out, seeds, data_dir, progress, any_tokenizer,
                     stability=stability)
@@ -624,7 +624,7 @@ def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len
                calibration_path: Path | None, device_factor: float | None, as_json: bool) -> None:
     """Turn a compute class and a certificate into tokens, steps and reference-hours."""
     from languini.compute import budget_from_certificate, get_class
-    from languini.mixes import load_mix
+    from languini.mix import load_mix
 
     charge = load_mix(mix_path).charge() if mix_path else None
     b = budget_from_certificate(get_class(class_name), _read_certificate(cert_path),
@@ -647,7 +647,7 @@ def _charged(b: Any) -> str:
     if not b.charge:
         return ""
     unit = "FLOPs" if b.mode == "flops" else "h"
-    return f", less {b.charge['charged']:.4g} {unit} charged for {b.charge['source']}"
+    return f", less {b.charge.charged:.4g} {unit} charged for {b.charge.source}"
 
 
 # --- train and eval ---------------------------------------------------------------------
@@ -698,7 +698,7 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
     class's budget does not depend on it, so its one round of timing never stops training.
     """
     from languini import trainer
-    from languini.mixes import load_mix
+    from languini.mix import load_mix
     from languini.run import RunDir
 
     if not resume_:
@@ -737,7 +737,7 @@ def _compute_line(r: dict[str, Any]) -> str:
 
 
 def _summary(r: dict[str, Any], run: Path) -> str:
-    from languini.mixes import cost_text, selection_cost
+    from languini.mix import SelectionCost
 
     t = r["test"]
     tb = run / "tb"
@@ -747,7 +747,7 @@ def _summary(r: dict[str, Any], run: Path) -> str:
         _compute_line(r),
         f"  test bits-per-byte  {t['bits_per_byte']:.4f}   (unigram baseline {r['unigram_bits_per_byte']:.4f})",
         f"  test perplexity     {t['token_perplexity']:.2f} per token, {t['char_perplexity']:.3f} per character",
-        *([f"  data selection      {cost_text(selection)}"] if (selection := selection_cost(r)) else []),
+        *([f"  data selection      {cost.text()}"] if (cost := SelectionCost.of_run(r)) else []),
         f"  run directory       {run}",
         f"  TensorBoard logs    {tb}",
         f"  look at them with   tensorboard --logdir {tb}",

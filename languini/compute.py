@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,37 @@ def reference_yardstick(reference: str, config: str) -> float:
 
 
 @dataclass(frozen=True)
+class Charge:
+    """Compute spent before training for a run's sake, to come out of its class first.
+
+    An hours class takes `hours` (which must be hours on its own `reference`), a FLOP class
+    takes `flops`; either may be None where unknown, and then cannot be charged. `source` says
+    what was spent, for the sentences that refuse or report it. `charged` is what a budget took,
+    in its class's unit: None until `compute_budget` applies the charge.
+    """
+
+    hours: float | None
+    flops: float | None
+    reference: str | None
+    source: str
+    charged: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """budget.json's `charge` (and result.json's `budget_charge`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Charge | None":
+        """A charge as a budget.json recorded it (None: the budget was not charged)."""
+        if not d:
+            return None
+        if not isinstance(d, dict):
+            raise UserError(f"A budget's charge must be a table of hours, flops, reference and source, got {d!r}.")
+        return cls(hours=d.get("hours"), flops=d.get("flops"), reference=d.get("reference"),
+                   source=str(d.get("source", "the charge")), charged=d.get("charged"))
+
+
+@dataclass(frozen=True)
 class Budget:
     compute_class: str
     mode: str  # "reference" | "local" | "calibrated" | "flops"
@@ -129,7 +160,7 @@ class Budget:
     steps: int
     tokens_trained: int
     reference_hours: float | None
-    charge: dict[str, Any] | None = None  # see `charged_amount`
+    charge: Charge | None = None  # applied: its `charged` is what came out of the class
     precision: str | None = None  # what the certificate measured (fp16 | bf16 | fp32): what training runs in
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,25 +202,21 @@ def _device_factor(cls: ComputeClass, device: str, calibration: dict[str, Any] |
     )
 
 
-def charged_amount(cls: ComputeClass, charge: dict[str, Any]) -> float:
-    """What a charge takes from `cls`, in its unit.
-
-    A charge is `{"hours": H or None, "flops": F or None, "reference": DEVICE, "source": WHY}`:
-    an hours class takes H (which must be hours on its own reference), a FLOP class takes F.
-    """
-    unit = "flops" if cls.reference == FLOPS else "hours"
-    unit_name = "FLOPs" if unit == "flops" else "hours"
-    spent, source = charge.get(unit), charge.get("source", "the charge")
+def charged_amount(cls: ComputeClass, charge: Charge) -> float:
+    """What a charge takes from `cls`, in its unit (hours, or FLOPs for a FLOP class)."""
+    flop_class = cls.reference == FLOPS
+    unit_name = "FLOPs" if flop_class else "hours"
+    spent, source = (charge.flops if flop_class else charge.hours), charge.source
     at_start = source[:1].upper() + source[1:]
     if spent is None:
         raise UserError(f"The {unit_name} of {source} are unknown, so they cannot be charged to class '{cls.name}'.")
-    if unit == "hours" and charge.get("reference") != cls.reference:
-        raise UserError(f"{at_start} cost hours on '{charge.get('reference')}', class '{cls.name}' counts hours on "
+    if not flop_class and charge.reference != cls.reference:
+        raise UserError(f"{at_start} cost hours on '{charge.reference}', class '{cls.name}' counts hours on "
                         f"'{cls.reference}'; they cannot be subtracted.")
     spent = float(spent)
     if not (spent >= 0 and math.isfinite(spent)):
         raise UserError(f"The charge of {source} must be a non-negative number, got {spent}.")
-    if not spent < (cls.flops if unit == "flops" else cls.hours):
+    if not spent < (cls.flops if flop_class else cls.hours):
         raise UserError(f"{at_start} cost {spent:.4g} {unit_name}, all of class '{cls.name}' and more: charged, nothing "
                         "is left to train.")
     return spent
@@ -197,7 +224,7 @@ def charged_amount(cls: ComputeClass, charge: dict[str, Any]) -> float:
 
 def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int, seq_len: int, device: str,
                    calibration: dict[str, Any] | None = None, params: int | None = None,
-                   charge: dict[str, Any] | None = None, precision: str | None = None) -> Budget:
+                   charge: Charge | None = None, precision: str | None = None) -> Budget:
     if not (tokens_per_second > 0 and math.isfinite(tokens_per_second)):
         raise UserError(f"The measured throughput must be a positive number of tokens/s, got {tokens_per_second}.")
     if batch_size < 1 or seq_len < 1:
@@ -226,7 +253,7 @@ def compute_budget(cls: ComputeClass, tokens_per_second: float, batch_size: int,
         reference_tokens_per_second=ref_tps, params=params, batch_size=batch_size, seq_len=seq_len,
         tokens=tokens, steps=steps, tokens_trained=trained,
         reference_hours=None if mode == FLOPS else trained / ref_tps / 3600,
-        charge={**charge, "charged": spent} if charge else None, precision=precision,
+        charge=replace(charge, charged=spent) if charge else None, precision=precision,
     )
 
 
@@ -248,7 +275,7 @@ def factor_as_calibration(device_factor: float | None) -> dict[str, Any] | None:
 
 def budget_from_certificate(cls: ComputeClass, cert: dict[str, Any], calibration: dict[str, Any] | None = None,
                             batch_size: int | None = None, seq_len: int | None = None,
-                            charge: dict[str, Any] | None = None) -> Budget:
+                            charge: Charge | None = None) -> Budget:
     """The budget a throughput certificate buys: what training and the submission check call."""
     try:
         return compute_budget(

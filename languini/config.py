@@ -10,7 +10,7 @@ from typing import Any
 from languini.device import PRECISIONS
 from languini.errors import UserError
 from languini.family import make_dataclass_strict
-from languini.io import read_toml
+from languini.io import read_toml, toml_table
 
 
 @dataclass
@@ -71,29 +71,9 @@ class RunConfig:
     train: dict[str, Any] = field(default_factory=dict)
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    raise TypeError(f"cannot write {type(v).__name__} to TOML")
-
-
 def to_toml(cfg: RunConfig) -> str:
     """Flat keys, then [model] and [train]; None values are left out (TOML has no null)."""
-    lines = []
-    tables = {}
-    for key, value in dataclasses.asdict(cfg).items():
-        if isinstance(value, dict):
-            tables[key] = value
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables.items():
-        lines.append(f"\n[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines) + "\n"
+    return toml_table(dataclasses.asdict(cfg))
 
 
 def load_run_config(path: Path) -> RunConfig:

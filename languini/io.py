@@ -1,7 +1,8 @@
 """Atomic file and folder writes: a reader sees the old content or the new, never half.
 
 Every result the harness writes goes through here, so an interrupted command never leaves a
-truncated file where a good one stood.
+truncated file where a good one stood. The JSON style and the TOML writer live here too, so
+every file of one format is written one way.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import tomllib
@@ -131,6 +134,40 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise UserError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{what} at {path} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}).") from None
+
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_value(v: Any) -> str:
+    """A TOML scalar or array of scalars. JSON's string escapes are TOML's too, except that TOML
+    also wants DEL escaped."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def toml_key(k: str) -> str:
+    return k if _BARE_KEY.match(k) else toml_value(k)
+
+
+def toml_table(table: dict[str, Any], name: str = "") -> str:
+    """The one TOML writer: scalars first, then each nested table under its dotted name; None
+    is left out (TOML has no null: a missing key reads back as None)."""
+    lines = [f"[{name}]"] if name else []
+    lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items() if v is not None and not isinstance(v, dict)]
+    for k, v in table.items():
+        if isinstance(v, dict):
+            lines.append("\n" + toml_table(v, f"{name}.{toml_key(k)}" if name else toml_key(k)).rstrip("\n"))
+    return "\n".join(lines) + "\n"
 
 
 def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:

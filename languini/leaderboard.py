@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from languini.compute import budget_from_certificate, get_class, trained_compute
+from languini.compute import Charge, budget_from_certificate, get_class, trained_compute
 from languini.config import load_run_config
 from languini.data.identity import SHORT, STREAMS, Identified, default_stride, identify_result
 from languini.errors import UserError
 from languini.family import config_differences, config_hash, load_family, make_dataclass_strict
 from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json
-from languini.mixes import cost_text, selection_cost
+from languini.mix import selection_row, selection_text
 from languini.verify import bundle_weights, verification_status
 
 FILES = ("config.toml", "throughput.json", "budget.json", "metrics.jsonl", "result.json")
@@ -148,7 +148,7 @@ def _check_budget(e: Entry) -> None:
     cert, budget, result = e.files["throughput.json"], e.files["budget.json"], e.result
     try:
         recomputed = budget_from_certificate(get_class(budget["compute_class"]), cert, budget.get("calibration"),
-                                             charge=budget.get("charge"))
+                                             charge=Charge.from_dict(budget.get("charge")))
     except (UserError, KeyError) as err:
         e.fail("budget", f"cannot recompute the budget from the certificate ({err})")
         return
@@ -320,7 +320,7 @@ def row(e: Entry) -> dict[str, Any]:
             "params": r.get("params"), "compute_class": r.get("compute_class"),
             "tokens_trained": r.get("tokens_trained"), "reference_hours": r.get("reference_hours"),
             "bits_per_byte": test.get("bits_per_byte"), "char_perplexity": test.get("char_perplexity"),
-            "device": r.get("device"), "mix": r.get("mix"), "selection": selection_cost(r),
+            "device": r.get("device"), "mix": r.get("mix"), "selection": selection_row(r),
             "evaluation_identity": e.identity.digest if e.identity else None,
             "dataset": e.identity.dataset if e.identity else None, "verified": e.verified is not None,
             "compute": compute, "compute_unit": unit, "warnings": r.get("warnings", [])}
@@ -402,7 +402,7 @@ def markdown(board: dict[str, Any]) -> str:
             mark = " ⚠" if r["warnings"] else ""
             out.append(f"| {i} | {r['run']} | {r['family']}/{r['config']}{mark} | {r['params']:,} | "
                        f"{r['tokens_trained']:,} | {r['compute']:.4g} | {r['bits_per_byte']:.4f} | "
-                       f"{r['char_perplexity']:.3f} | {r['device']} | {cost_text(r['selection'])} | "
+                       f"{r['char_perplexity']:.3f} | {r['device']} | {selection_text(r['selection'])} | "
                        f"{'yes' if r['verified'] else '–'} |")
         out.append("")
         out += [f"⚠ {i}: {w}" for i, r in enumerate(rows, 1) for w in r["warnings"]]

@@ -28,7 +28,7 @@ from matplotlib.ticker import FuncFormatter
 from languini import scaling
 from languini.errors import UserError
 from languini.io import atomic_write_bytes, read_json
-from languini.mixes import cost_text
+from languini.mix import selection_text
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -213,7 +213,7 @@ def mix_comparison(table: dict[str, Any]) -> Figure:
         spreads = [c["spread"] if c else 0.0 for c in cells]
         ax.bar(xs + (j - (len(columns) - 1) / 2) * width, means, width, yerr=spreads if several else None, capsize=2,
                color="0.35" if col == "all" else f"C{j - 1}", label="whole test split" if col == "all" else col)
-    ax.set_xticks(xs, [f"{r['mix']}\n{cost_text(r['selection']) if r['selection'] else 'no selection'}" for r in rows],
+    ax.set_xticks(xs, [f"{r['mix']}\n{selection_text(r['selection'], 'no selection')}" for r in rows],
                   fontsize=8)
     ax.set_ylabel("test bits per byte (lower is better)")
     finite = [v for r in rows for v in [r["bits_per_byte"]["mean"], *(c["mean"] for c in r["by_domain"].values())]

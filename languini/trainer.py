@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from languini import device as devices
-from languini.compute import Budget, budget_from_certificate, certificate_precision, get_class
+from languini.compute import Budget, Charge, budget_from_certificate, certificate_precision, get_class
 from languini.config import RunConfig, TrainConfig, train_config
 from languini.distributed import World, any_rank, barrier, broadcast, gather, main_only, mean, world
 from languini.data.loader import MixedStreams, PreparedData, StreamBatches
 from languini.errors import UserError, to_stderr
 from languini.family import Family, config_differences, config_hash, load_family, make_dataclass_strict
-from languini.mixes import Mix, train_domain_tokens
+from languini.mix import Mix, parse_mix, train_domain_tokens
 from languini.run import RunDir, result_warnings
 from languini.throughput import Stability, check_stable, measure
 
@@ -369,8 +369,6 @@ def write_plan(run: RunDir, p: Plan) -> None:
 
 def plan_of_run(run: RunDir) -> Plan:
     """The plan a run directory was started with, rebuilt from its files."""
-    from languini.mixes import parse_mix
-
     cfg = run.read_config()
     family = load_family(cfg.family)
     model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
@@ -379,7 +377,7 @@ def plan_of_run(run: RunDir) -> Plan:
     cert = run.read_json(run.throughput, "Throughput certificate")
     stored = run.read_json(run.budget, "Budget")
     budget = budget_from_certificate(get_class(cfg.compute_class), cert, stored.get("calibration"),
-                                     charge=stored.get("charge"))
+                                     charge=Charge.from_dict(stored.get("charge")))
     mix = parse_mix(run.read_json(run.mix, "Mix"), str(run.mix), "mix") if run.mix.exists() else None
     return Plan(family, cfg.config_name, model_cfg, tcfg, data, cert, budget, mix)
 
@@ -503,7 +501,7 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool, ver
         "steps": budget.steps,
         "tokens_trained": budget.tokens_trained,
         "reference_hours": budget.reference_hours,
-        "budget_charge": budget.charge,
+        "budget_charge": budget.charge.to_dict() if budget.charge else None,
         "wall_seconds": counters.elapsed,
         "train_tokens_per_second": budget.tokens_trained / counters.elapsed,
         "data_wait_fraction": counters.wait / counters.elapsed,

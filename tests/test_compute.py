@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from languini.compute import LOCAL, ComputeClass, compute_budget, get_class, load_classes
+from languini.compute import LOCAL, Charge, ComputeClass, compute_budget, get_class, load_classes
 from languini.errors import UserError
 
 
@@ -75,3 +75,12 @@ def test_the_reference_device_needs_no_calibration():
 def test_a_calibration_against_another_reference_is_refused():
     with pytest.raises(UserError, match="calibration is against"):
         compute_budget(get_class("6h"), 1000.0, 8, 512, device="x", calibration={"device_factor": 2, "reference": "a100"})
+
+
+def test_a_charge_keeps_budget_json_shape():
+    """budget.json's `charge` is the charge asked for plus what the class gave up; it reads back."""
+    charge = Charge(hours=0.25, flops=None, reference="local", source="a selection")
+    b = compute_budget(ComputeClass("h", hours=1.0, reference=LOCAL), 1000.0, 2, 10, device="cpu", charge=charge)
+    stored = b.to_dict()["charge"]
+    assert stored == {"hours": 0.25, "flops": None, "reference": "local", "source": "a selection", "charged": 0.25}
+    assert Charge.from_dict(stored) == b.charge and Charge.from_dict(None) is None

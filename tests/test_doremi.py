@@ -15,7 +15,7 @@ from test_selection import clean_text, prepared, setup  # noqa: F401  (setup is 
 
 from languini.selection.doremi import DomainRows, describe, doremi, excess_losses, update_weights
 from languini.errors import UserError
-from languini.mixes import load_mix
+from languini.mix import load_mix
 
 
 def test_the_update_matches_hand_computed_weights():

@@ -1,5 +1,6 @@
 import json
 import random
+import tomllib
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ from helpers import fails, invoke
 from languini.data.loader import MixedStreams, PreparedData
 from languini.data.prepare import prepare
 from languini.errors import UserError
-from languini.mixes import load_mix, parse_mix
+from languini.io import toml_table
+from languini.mix import SelectionCost, load_mix, parse_mix, selection_text, write_mix
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +153,42 @@ def test_a_mix_can_deduplicate_its_data_first(tmp_path, test_classes):
     assert not (tmp_path / "bad").exists()
     invoke("data", "dedup", parent.path, "--no-progress")  # --out defaults to a sibling named for the scope
     assert PreparedData(tmp_path / "data-dedup-global").manifest["parent"]["fingerprint"] == parent.fingerprint
+
+
+def test_a_spec_survives_parse_write_load(tmp_path):
+    """Everything `load_mix` reads, `write_mix` writes: weights, dedup and selection included."""
+    (tmp_path / "data").mkdir()
+    path = spec(tmp_path, 'name = "m"\ndata = "data"\nmax_epochs = 2.5\n[weights]\nbig = 3\n"odd name" = 1\n'
+                          '[dedup]\nscope = "global"\nthreshold = 0.7\nngram = 4\ndecontaminate = false\n'
+                          '[selection]\nmethod = "perplexity"\nselection_flops = 4e11\ncharge = true\n'
+                          '[selection.settings]\nkeep = 0.5\n')
+    mix = load_mix(path)
+    assert mix.dedup == {"scope": "global", "threshold": 0.7, "ngram": 4, "decontaminate": False}
+    (tmp_path / "moved").mkdir()
+    write_mix(tmp_path / "moved" / "again.toml", mix)
+    again = load_mix(tmp_path / "moved" / "again.toml")
+    assert again == mix and again.digest() == mix.digest()
+    assert 'data = "../data"' in (tmp_path / "moved" / "again.toml").read_text()  # relative to the spec
+
+
+def test_the_toml_writer_reads_back_what_it_wrote():
+    table = {"s": 'q"uote \\ tab\t new\nline del\x7f é', "i": -3, "f": 0.1, "inf": float("inf"), "b": True,
+             "list": [1, "two", 3.5], "gone": None, "odd key": 1, "t": {"a.b": {"deep": "x"}, "n": 2}}
+    back = tomllib.loads(toml_table(table))
+    assert back == {k: v for k, v in table.items() if v is not None}
+
+
+def test_one_selection_cost_shape_and_one_way_to_say_it():
+    table = {"method": "d4", "tokenizer_sha256": "abc", "selection_hours": 0.0308, "selection_reference": "local",
+             "selection_flops": 2e12, "charge": True}
+    cost = SelectionCost.from_dict(table)
+    assert cost.to_dict() == {k: v for k, v in table.items() if k != "tokenizer_sha256"}
+    assert SelectionCost.from_dict(cost.to_dict()) == cost
+    assert cost.text() == "d4: 0.0308 h (charged)"
+    flops = SelectionCost.from_dict({**table, "selection_hours": None, "charge": False})
+    assert flops.text() == "d4: 2e+12 FLOPs"
+    unknown = SelectionCost(rule="an external embedder")
+    assert unknown.text() == "cost unknown (an external embedder)"
+    assert SelectionCost.from_dict(unknown.report()) == unknown
+    assert SelectionCost.from_dict({"method": "d4", "charged": True}).charge  # compare.json rows written before the rename
+    assert selection_text(None) == "–" and selection_text(cost.to_dict(), "none") == cost.text()

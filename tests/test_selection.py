@@ -19,9 +19,8 @@ from languini.compute import ComputeClass, compute_budget
 from languini.data.loader import PreparedData
 from languini.data.prepare import prepare, split_of
 from languini.errors import UserError
-from languini.mixes import Mix, load_mix
+from languini.mix import Mix, load_mix, write_mix
 from languini.selection import d4, perplexity
-from languini.selection.mixspec import write_mix_spec
 
 MODEL = "n_layer = 1\nd_model = 32\nn_head = 2\nseq_len = 64\nvocab_size = 257\n"
 FRACTIONS = (0.9, 0.05, 0.05)
@@ -253,7 +252,7 @@ def test_a_charged_selection_comes_out_of_the_budget():
     assert Mix("m", "natural", selection={**selection, "charge": False}).charge() is None
     full, charged = (compute_budget(hours, 1000.0, 2, 10, "cpu", charge=c) for c in (None, charge))
     assert (full.tokens, charged.tokens) == (3_600_000, 2_700_000)  # 1000 tokens/s × 0.75 h
-    assert charged.compute_class == "h" and charged.charge["charged"] == 0.25 and full.charge is None
+    assert charged.compute_class == "h" and charged.charge.charged == 0.25 and full.charge is None
     assert compute_budget(flops, 1.0, 2, 10, "cpu", params=1000, charge=charge).tokens == 6e11 // 6000
     for cls, change, message in [
         (ComputeClass("r", hours=1.0, reference="rtx3090"), {}, "cannot be subtracted"),
@@ -270,6 +269,6 @@ def test_a_written_mix_spec_reads_back_the_same(tmp_path):
     (tmp_path / "data").mkdir()
     mix = Mix("odd names", {"web text": 0.25, "a.b": 0.75, 'q"uote': 0.0}, 2.5, str((tmp_path / "data").resolve()),
               {"method": "doremi", "steps": 3, "charge": True, "path": "C:\\x\n", "nested": {"k": [1, 2]}})
-    write_mix_spec(tmp_path / "m.toml", mix)
+    write_mix(tmp_path / "m.toml", mix)
     assert load_mix(tmp_path / "m.toml") == mix
     assert math.isclose(sum(load_mix(tmp_path / "m.toml").weights.values()), 1.0)

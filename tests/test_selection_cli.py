@@ -13,7 +13,7 @@ from helpers import fails, invoke
 from test_selection import MODEL, clean_text, noise_text, noisy_corpus, prepared
 
 from languini.data.loader import PreparedData
-from languini.mixes import load_mix
+from languini.mix import load_mix
 
 QUIET = "--no-progress"
 
@@ -60,7 +60,7 @@ def test_a_charged_mix_competes_at_equal_compute(world, pruned):
     rows = {r["mix"]: r for r in table["rows"]}
     assert rows["natural"]["selection"] is None
     sel = rows["ppl"]["selection"]
-    assert sel["method"] == "perplexity" and sel["charged"] is True
+    assert sel["method"] == "perplexity" and sel["charge"] is True
     budget = json.loads((out / "ppl-seed0" / "budget.json").read_text())
     params = budget["params"]
     assert budget["charge"]["charged"] == sel["selection_flops"]

@@ -6,5 +6,5 @@
 - `doremi.doremi`: domain weights from a group-DRO proxy model (Xie et al. 2023).
 
 The first two write a derived dataset (`derive`); all three write a mix spec whose `[selection]`
-table records the provenance and the selection models' cost (`mixspec`, `models`).
+table records the provenance and the selection models' cost (`models`; the spec itself is `languini.mix`).
 """

@@ -29,11 +29,10 @@ from tqdm import tqdm
 from languini import device as devices
 from languini.data.loader import PreparedData
 from languini.errors import UserError
-from languini.mixes import Mix
+from languini.mix import Mix, SelectionCost, write_mix
 from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
-from languini.selection.mixspec import selection_table, write_mix_spec
-from languini.selection.models import (SelectionModel, cost, describe_cost, load_selection_model, selection_warnings,
-                                      total_cost, unknown_cost)
+from languini.selection.models import (SelectionModel, cost, load_selection_model, selection_table, selection_warnings,
+                                      total_cost)
 
 SENTENCE_TRANSFORMERS = "sentence-transformers:"
 STAGES = ("semdedup", "prototypicality")
@@ -62,7 +61,7 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
         name = str(embedder)[len(SENTENCE_TRANSFORMERS):]
         emb = sentence_embeddings(name, parent, table, batch_size, dev, progress)
         identity = {"sentence_transformers": name}
-        spent = unknown_cost(f"{embedder} was not trained by the harness; its compute is not counted")
+        spent = SelectionCost(rule=f"{embedder} was not trained by the harness; its compute is not counted")
         warnings = []
     else:
         model = load_selection_model(embedder, parent, dev)
@@ -91,7 +90,7 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
         "embedder": {k: v for k, v in identity.items() if k != "run"},
         "documents": {"total": len(table), "after_semdedup": int(len(survivors)), "kept": int(keep_mask.sum())},
         "removed_by_stage": stage_counts(table, stage, parent.domains),
-        "cost": spent,
+        "cost": spent.report(),
         "warnings": warnings,
         "shares": {"before": token_shares(table, np.ones(len(table), bool), parent.domains),
                    "after": token_shares(table, keep_mask, parent.domains)},
@@ -102,7 +101,7 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
               "removed": removed(table, parent.domains, stage, labels, duplicate_of, similarity, survivors, labels2,
                                  centrality)}
     manifest = write_derived(parent, table, keep_mask, out, selection, report, progress)
-    write_mix_spec(mix_out, Mix(out.name, "natural", max_epochs, str(out), selection_table(
+    write_mix(mix_out, Mix(out.name, "natural", max_epochs, str(out), selection_table(
         "d4", parent, spent, charge_selection, embedder=str(identity.get("run", embedder)), clusters=clusters,
         dedup_eps=dedup_eps, keep=keep, seed=seed, report=str((out / REPORT_FILE).resolve()))))
     return {**report, "fingerprint": manifest["fingerprint"]}
@@ -317,7 +316,7 @@ def describe(report: dict[str, Any]) -> str:
     lines = [
         f"D4: {s['clusters']} clusters, SemDeDup at cosine > {1 - s['dedup_eps']:g}, prototypicality pruning to "
         f"{s['keep']:g}; kept {docs['kept']} of {docs['total']} documents ({docs['after_semdedup']} after SemDeDup)",
-        f"selection cost: {describe_cost(report['cost'])}",
+        f"selection cost: {SelectionCost.from_dict(report['cost']).text()}",
         f"{'domain':<14}{'docs before':>12}{'semdedup':>10}{'prototyp.':>11}{'after':>8}{'share before':>14}"
         f"{'share after':>13}",
     ]

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from languini.data.dedup import DocTable, check_out, child_manifest, copy_unchanged, open_parent, write_train
 from languini.data.loader import PreparedData
 from languini.io import atomic_dir, atomic_write_json
-from languini.selection.mixspec import check_spec_out
+from languini.mix import check_spec_out
 
 REPORT_FILE = "selection.json"
 

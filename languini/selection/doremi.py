@@ -39,11 +39,10 @@ from languini.data.dedup import open_parent
 from languini.data.loader import MixedStreams, PreparedData
 from languini.errors import UserError
 from languini.io import atomic_write_bytes, atomic_write_json, read_json
-from languini.mixes import Mix, train_domain_tokens
+from languini.mix import Mix, SelectionCost, check_spec_out, train_domain_tokens, write_mix
 from languini.plots import doremi_trajectory, png_bytes
 from languini.run import RunDir, model_warnings
-from languini.selection.mixspec import check_spec_out, selection_table, write_mix_spec
-from languini.selection.models import (cost, describe_cost, load_selection_model, selection_warnings, total_cost,
+from languini.selection.models import (cost, load_selection_model, selection_table, selection_warnings, total_cost,
                                       train_model)
 
 
@@ -94,13 +93,13 @@ def doremi(data_dir: str | Path, out_mix: str | Path, *, family: str = "gpt", co
         "reference_run": str(work / "reference"),
         "proxy_run": str(work / "proxy"),
         **{k: str(v) for k, v in paths.items()},
-        "cost": spent,
+        "cost": spent.report(),
         "warnings": [*selection_warnings("reference", reference, spent),
                      *model_warnings("proxy", {"steps": p.budget.steps}, work / "proxy")],
     }
     atomic_write_json(paths["trajectory"], {**report, **trajectory.to_dict()})
     atomic_write_bytes(paths["figure"], png_bytes(doremi_trajectory(domains, trajectory.weights, natural)))
-    write_mix_spec(out_mix, Mix(out_mix.stem, weights, max_epochs, str(data.path), selection_table(
+    write_mix(out_mix, Mix(out_mix.stem, weights, max_epochs, str(data.path), selection_table(
         "doremi", data, spent, charge_selection, family=p.family.name, config=p.config_name,
         compute_class=p.budget.compute_class, eta=eta, smoothing=smoothing, steps=p.budget.steps,
         reference_run=str((work / "reference").resolve()), proxy_run=str((work / "proxy").resolve()),
@@ -243,7 +242,7 @@ def describe(report: dict[str, Any]) -> str:
     s = report["settings"]
     lines = [f"DoReMi: {s['family']}/{s['config']} reference and proxy at {s['compute_class']}, {s['steps']} proxy "
              f"steps, eta {s['eta']:g}, smoothing {s['smoothing']:g}",
-             f"selection cost: {describe_cost(report['cost'])}",
+             f"selection cost: {SelectionCost.from_dict(report['cost']).text()}",
              f"{'domain':<14}{'natural':>9}{'weight':>9}{'final':>9}{'mean excess loss':>18}"]
     for d, w in report["weights"].items():
         lines.append(f"{d:<14}{report['natural'][d]:>9.3f}{w:>9.3f}{report['final_weights'][d]:>9.3f}"

@@ -12,20 +12,27 @@ A forward pass is a third of a training step (the backward pass costs about two 
 scoring or embedding N tokens costs what training N/3 tokens costs. Hours are reference-hours
 (the certificate's tokens/s times its device factor, exactly as a budget converts them);
 under a FLOP class the run has no reference-hours, so only the FLOPs are given. A selection's
-cost is the sum over the models it trained and ran.
+cost is the sum over the models it trained and ran (a `SelectionCost`).
+
+A selection ends in a mix spec whose `[selection]` table (`selection_table`) holds the
+provenance: the method, its settings, the tokenizer it was selected with, and the cost. The two
+rules that travel with it (no transfer across tokenizers; a charged cost comes out of the
+budget) are the mix's own: `Mix.check_tokenizer`, `Mix.charge`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from languini import trainer
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.family import load_family, make_dataclass_strict
+from languini.mix import SelectionCost
 from languini.run import RunDir, model_warnings
 
 COST_RATIO = 10
@@ -76,8 +83,6 @@ def load_selection_model(run_dir: str | Path, data: PreparedData, dev: torch.dev
 def train_model(family: str, config: str, data_dir: str | Path, class_name: str, run_dir: str | Path,
                 train_overrides: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
     """Train a selection model with the harness (measuring its certificate); returns its result."""
-    from languini import trainer
-
     p = trainer.plan(family, config, data_dir, class_name, train_overrides or {}, progress=progress)
     return trainer.train(p, run_dir, force=True, progress=progress)
 
@@ -93,7 +98,7 @@ def cost(budget: dict[str, Any], trained_tokens: int, forward_tokens: int) -> di
             "hours": hours, "flops": 6.0 * params * equivalent if params else None}
 
 
-def total_cost(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def total_cost(parts: dict[str, dict[str, Any]]) -> SelectionCost:
     """The sum of named parts; hours (or FLOPs) are unknown if any part's are, and hours on
     different reference devices do not add up."""
     def total(key: str) -> float | None:
@@ -102,34 +107,30 @@ def total_cost(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
     references = {p["reference"] for p in parts.values()}
     reference = references.pop() if len(references) == 1 else None
-    return {"selection_hours": total("hours") if reference else None, "selection_reference": reference,
-            "selection_flops": total("flops"), "parts": parts,
-            "rule": "train-equivalent tokens = trained + forward/3; hours = those / reference tokens/s; "
-                    "flops = 6 x params x those"}
+    return SelectionCost(hours=total("hours") if reference else None, reference=reference, flops=total("flops"),
+                         parts=parts,
+                         rule="train-equivalent tokens = trained + forward/3; hours = those / reference tokens/s; "
+                              "flops = 6 x params x those")
 
 
-def unknown_cost(why: str) -> dict[str, Any]:
-    """The cost of a selection model the harness did not train (e.g. a downloaded embedder)."""
-    return {"selection_hours": None, "selection_reference": None, "selection_flops": None, "parts": {}, "rule": why}
+def selection_table(method: str, data: PreparedData, cost: SelectionCost, charge: bool,
+                    **provenance: Any) -> dict[str, Any]:
+    """The `[selection]` table every method writes: method, tokenizer, source data, its
+    settings and provenance, and the cost with whether it is charged."""
+    if charge and cost.hours is None and cost.flops is None:
+        raise UserError("The selection's cost is unknown (e.g. an external embedder), so it cannot be charged.")
+    return {"method": method, "tokenizer_sha256": data.manifest["tokenizer"]["sha256"],
+            "source_fingerprint": data.fingerprint, **provenance, **replace(cost, method=method, charge=charge).to_dict()}
 
 
-def selection_warnings(role: str, model: SelectionModel, spent: dict[str, Any]) -> list[str]:
+def selection_warnings(role: str, model: SelectionModel, spent: SelectionCost) -> list[str]:
     """Why a selection made with `model` may not mean anything: the model's own warnings, too
     few steps, or a cost out of proportion to the model's class (the report's `warnings`)."""
     found = model_warnings(role, model.result, model.run)
     flops = model.budget["mode"] == "flops"
-    amount = spent["selection_flops" if flops else "selection_hours"]
+    amount = spent.flops if flops else spent.hours
     of_class = model.budget["flops" if flops else "hours"]
     if amount and of_class and amount > COST_RATIO * of_class:
         found.append(f"the selection cost {amount / of_class:.0f} times the class {model.budget['compute_class']} its "
                      f"{role} trained for: weigh it against runs of a class that large")
     return found
-
-
-def describe_cost(c: dict[str, Any]) -> str:
-    """A selection's cost in a few words: hours where known, else FLOPs, else why unknown."""
-    if c["selection_hours"] is not None:
-        return f"{c['selection_hours']:.4g} reference-hours on '{c['selection_reference']}'"
-    if c["selection_flops"] is not None:
-        return f"{c['selection_flops']:.3g} FLOPs"
-    return f"unknown ({c['rule']})"

@@ -26,10 +26,9 @@ from languini import device as devices
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.evaluate import score_model
-from languini.mixes import Mix
+from languini.mix import Mix, SelectionCost, write_mix
 from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
-from languini.selection.mixspec import selection_table, write_mix_spec
-from languini.selection.models import (SelectionModel, cost, describe_cost, load_selection_model,
+from languini.selection.models import (SelectionModel, cost, load_selection_model, selection_table,
                                       selection_warnings, total_cost, train_model)
 
 CRITERIA = ("low", "medium", "high")
@@ -77,7 +76,7 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
         "reference": {**ref.identity(), "in_sample": ref.result["data"]["fingerprint"] == parent.fingerprint},
         "documents": {"total": len(table), "reference_half": int(len(table) - len(rows)), "scored": int(len(rows)),
                       "kept": int(len(kept_rows))},
-        "cost": spent,
+        "cost": spent.report(),
         "warnings": selection_warnings("reference", ref, spent),
         "perplexity": distributions(table, rows, log_ppl, keep_mask[rows], parent.domains),
         "shares": {"before": token_shares(table, np.ones(len(table), bool), parent.domains),
@@ -88,7 +87,7 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
               "counts": counts(table, keep_mask, parent.domains),
               "removed": removed(table, scored, rows, log_ppl, keep_mask, parent.domains)}
     manifest = write_derived(parent, table, keep_mask, out, selection, report, progress)
-    write_mix_spec(mix_out, Mix(out.name, "natural", max_epochs, str(out), selection_table(
+    write_mix(mix_out, Mix(out.name, "natural", max_epochs, str(out), selection_table(
         "perplexity", parent, spent, charge_selection, criterion=criterion, keep=keep, seed=seed,
         reference_run=str(ref.run.resolve()), report=str((out / REPORT_FILE).resolve()))))
     return {**report, "fingerprint": manifest["fingerprint"]}
@@ -178,7 +177,7 @@ def describe(report: dict[str, Any]) -> str:
     lines = [
         f"perplexity pruning: kept {docs['kept']} of {docs['scored']} scored documents ({s['criterion']} perplexity, "
         f"keep {s['keep']:g}); reference {ref['family']}/{ref['config']} at {ref['compute_class']}, {trained}",
-        f"selection cost: {describe_cost(cost_)}",
+        f"selection cost: {SelectionCost.from_dict(cost_).text()}",
         f"{'domain':<14}{'docs before':>12}{'after':>8}{'share before':>14}{'share after':>13}"
         f"  {'ppl p10/p50/p90 scored':>26}  {'kept':>26}",
     ]

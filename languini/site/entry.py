@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from languini.io import sha256_file
-from languini.mixes import cost_text, selection_cost
+from languini.mix import selection_row, selection_text
 from languini.site.collect import Site, SiteEntry, identity
 from languini.site.figures import line_figure
 from languini.site.html import esc, figure, integer, layout, link, number, pairs, short, table
@@ -51,7 +51,7 @@ def summary(e: SiteEntry) -> str:
              ("test perplexity", f"{number(test.get('token_perplexity'), '.2f')} per token, "
                                  f"{number(test.get('char_perplexity'), '.3f')} per character"),
              ("test accuracy", number(test.get("accuracy"), ".4f")),
-             ("mix", esc(r.get("mix"))), ("data selection", esc(cost_text(selection_cost(r))))]
+             ("mix", esc(r.get("mix"))), ("data selection", esc(selection_text(selection_row(r))))]
     if dataset:
         items.append(("dataset", esc(dataset)))
     if ident:

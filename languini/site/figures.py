@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Callable, Sequence
 
-from languini.mixes import cost_text
+from languini.mix import selection_text
 from languini.site.svg import Plot, attrs, color
 
 
@@ -115,7 +115,7 @@ def mix_bars(table: dict[str, Any], ident: str) -> str:
         below.append(f"<text{attrs(class_='group-label', x=f'{centre:.2f}', y=plot.y.start + 16, text_anchor='middle')}>"
                      f"{escape(r['mix'])}</text>")
         below.append(f"<text{attrs(class_='group-note', x=f'{centre:.2f}', y=plot.y.start + 29, text_anchor='middle')}>"
-                     f"{escape(cost_text(r['selection']) if r['selection'] else 'no selection')}</text>")
+                     f"{escape(selection_text(r['selection'], 'no selection'))}</text>")
     spread = f"; error bars: half-range over {max(r['seeds'] for r in rows)} seeds" if several else "; one seed"
     title = f"Data mixes at equal compute (class {table.get('compute_class', '?')}){spread}"
     return plot.svg(title, "", "test bits per byte (lower is better)", x_ticks=False, below=below)

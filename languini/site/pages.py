@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from languini.mixes import cost_text
+from languini.mix import selection_text
 from languini.site.collect import Board, Comparison, Scaling, Site, SiteEntry
 from languini.site.figures import fit_figure, law_text, legend, mix_bars, mix_legend
 from languini.site.html import esc, figure, identity_heading, integer, layout, link, number, sortable, table
@@ -43,7 +43,7 @@ def board_table(board: Board) -> str:
                      (integer(row["params"]), row["params"]), (integer(row["tokens_trained"]), row["tokens_trained"]),
                      sortable(trained_compute(row)), esc(row["device"]), esc(cert.get("dtype", "–")),
                      sortable(row["bits_per_byte"], ".4f"), sortable(row["char_perplexity"], ".3f"),
-                     esc(cost_text(row["selection"]))])
+                     esc(selection_text(row["selection"]))])
     return table(head, rows, cls="sortable filterable leaderboard", numeric=(0, 4, 5, 6, 9, 10),
                  ident=f"board-{board.compute_class}-{board.identity[:12]}".rstrip("-"))
 
@@ -141,7 +141,7 @@ def comparison_page(site: Site, c: Comparison) -> str:
         return f"{cell['mean']:.4f} ± {cell['spread']:.4f}", cell["mean"]
 
     body = [[esc(r["mix"]), (integer(r["tokens"]), r["tokens"]), str(r["seeds"]), spread(r["bits_per_byte"]),
-             *(spread(r["by_domain"].get(d)) for d in domains), esc(cost_text(r["selection"])),
+             *(spread(r["by_domain"].get(d)) for d in domains), esc(selection_text(r["selection"])),
              esc(", ".join(f"{k} {v:.3f}" for k, v in sorted((r.get("weights") or {}).items())) or "–")]
             for r in rows]
     head = ["mix", "tokens", "seeds", "test bits/byte", *domains, "selection cost", "weights"]
