@@ -104,6 +104,8 @@ def test_a_busy_machine_stops_training_in_hours_but_not_in_flops(setup, tmp_path
 def test_the_selection_commands_measure_their_reference_under_the_stability_options(setup, tmp_path, command, args):
     """Both train a reference for a class in hours, so its rate passes the same guard as `train`'s."""
     args = tuple(tmp_path / a if a in ("ppl", "weights.toml") else a for a in args)
-    out = fails(*command, setup / "data", "--family", "gpt", "--config", setup / "model.toml", *args, QUIET,
-                *UNSTEADY)
+    data = tmp_path / "data"  # two domains: DoReMi weighs them
+    invoke("data", "prepare", setup / "c.jsonl", "--out", data, "--tokenizer", "bytes", "--split", "90/5/5",
+           "--domain-field", "meta.set", QUIET)
+    out = fails(*command, data, "--family", "gpt", "--config", setup / "model.toml", *args, QUIET, *UNSTEADY)
     assert "The machine is busy" in out and "last of 2 measuring rounds" in out and "--allow-noisy" in out
