@@ -16,6 +16,8 @@ from pathlib import Path
 from common import write_result
 
 from languini import trainer
+from languini.distributed import World
+from languini.plan import plan
 from languini.family import BUILTIN
 
 TARGET_WAIT = 0.02
@@ -38,7 +40,7 @@ def main() -> None:
         for family in BUILTIN:
             for config in args.configs.split(","):
                 try:
-                    p = trainer.plan(family, config, data, args.class_name, {}, progress=False)
+                    p = plan(family, config, data, args.class_name, {}, world=World(), progress=False)
                 except ImportError:
                     continue
                 r = trainer.train(p, Path(tmp) / f"{family}-{config}", progress=False)

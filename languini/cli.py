@@ -99,6 +99,31 @@ def main() -> None:
     """
 
 
+_stability_flags = _stacked(
+    click.option("--allow-noisy", is_flag=True,
+                 help="Certify a throughput whose timing never got steady (a busy machine), marked noisy; "
+                      "`submit` then fails its stability check."),
+    click.option("--min-cpu-share", default=0.80, show_default=True,
+                 help="On a CPU: the least share of the CPU time its threads could use that a round of timed "
+                      "steps must get to certify (a competing process takes the rest)."),
+    click.option("--spread-tolerance", default=0.10, show_default=True,
+                 help="On a GPU: the largest spread (p90/p10 − 1) of a round's step times that certifies."),
+    click.option("--max-rounds", default=5, show_default=True,
+                 help="Rounds of timed steps to wait for a steady one before calling the machine busy."),
+)
+
+
+def stability_options(f: Any) -> Any:
+    """The throughput guard's options, handed to the command as one `stability` (a Stability)."""
+    @functools.wraps(f)
+    def command(*args: Any, allow_noisy: bool, min_cpu_share: float, spread_tolerance: float, max_rounds: int,
+                **kwargs: Any) -> Any:
+        from languini.throughput import Stability
+
+        return f(*args, stability=Stability(spread_tolerance, max_rounds, allow_noisy, min_cpu_share), **kwargs)
+    return _stability_flags(command)
+
+
 # --- data -------------------------------------------------------------------------------
 
 
@@ -280,12 +305,13 @@ _selection_options = _stacked(
               help="Keep the lowest perplexities, those around the median, or the highest.")
 @click.option("--keep", default=0.5, show_default=True, help="Fraction of the scored documents to keep.")
 @_selection_options
+@stability_options
 @progress_option
 @json_option
 def data_select_perplexity(data_dir: Path, reference_run: Path | None, train_reference_class: str | None, family: str,
                            config_name: str, criterion: str, keep: float, out: Path, mix_out: Path | None,
                            max_epochs: float, charge_selection: bool, seed: int, device: str, force: bool,
-                           progress: bool, as_json: bool) -> None:
+                           stability: Stability, progress: bool, as_json: bool) -> None:
     """Perplexity pruning: keep the train documents a small reference model finds low (or
     medium, or high) perplexity.
 
@@ -294,13 +320,16 @@ def data_select_perplexity(data_dir: Path, reference_run: Path | None, train_ref
         --keep 0.5 --out data/stdlib-ppl
     The report (--json, and OUT/selection.json) gives the perplexity distribution and the
     token share of each domain before and after, and every removed document's id and score.
+    A reference trained with --train-reference measures its throughput first, under the
+    stability options.
     """
     from languini.selection.perplexity import describe, select_perplexity
 
     report = select_perplexity(data_dir, out, reference_run=reference_run, train_reference_class=train_reference_class,
                                family=family, config=config_name, criterion=criterion, keep=keep, seed=seed,
                                mix_out=mix_out, max_epochs=max_epochs, charge_selection=charge_selection,
-                               device=device, progress=progress, force=force)
+                               device=device, stability=stability,
+                               progress=progress, force=force)
     emit(as_json, report, describe(report))
 
 
@@ -350,11 +379,12 @@ def data_select_d4(data_dir: Path, embedder: str, clusters: int, dedup_eps: floa
               help="Take the reference's and proxy's compute out of the training budget of runs on this mix.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace an existing mix spec and its runs.")
+@stability_options
 @progress_option
 @json_option
 def data_doremi(data_dir: Path, family: str, config_name: str, class_name: str, out: Path, eta: float,
-                smoothing: float, max_epochs: float, charge_selection: bool, seed: int, force: bool, progress: bool,
-                as_json: bool) -> None:
+                smoothing: float, max_epochs: float, charge_selection: bool, seed: int, force: bool,
+                stability: Stability, progress: bool, as_json: bool) -> None:
     """DoReMi: domain weights from a group-DRO proxy model, written as a mix spec.
 
     \b
@@ -362,39 +392,15 @@ def data_doremi(data_dir: Path, family: str, config_name: str, class_name: str, 
     A reference model trains on the natural mix; a proxy of the same size trains with group DRO
     against it (every batch holds every domain). The mix spec's [weights] are the proxy's
     domain weights averaged over its steps; the trajectory is written beside it as
-    MIX.trajectory.json and MIX.trajectory.png, the runs under MIX.runs/.
+    MIX.trajectory.json and MIX.trajectory.png, the runs under MIX.runs/. The reference's
+    throughput is measured under the stability options; the proxy uses its certificate.
     """
     from languini.selection.doremi import describe, doremi
 
     report = doremi(data_dir, out, family=family, config=config_name, class_name=class_name, eta=eta,
                     smoothing=smoothing, seed=seed, max_epochs=max_epochs, charge_selection=charge_selection,
-                    progress=progress, force=force)
+                    stability=stability, progress=progress, force=force)
     emit(as_json, report, describe(report))
-
-
-_stability_flags = _stacked(
-    click.option("--allow-noisy", is_flag=True,
-                 help="Certify a throughput whose timing never got steady (a busy machine), marked noisy; "
-                      "`submit` then fails its stability check."),
-    click.option("--min-cpu-share", default=0.80, show_default=True,
-                 help="On a CPU: the least share of the CPU time its threads could use that a round of timed "
-                      "steps must get to certify (a competing process takes the rest)."),
-    click.option("--spread-tolerance", default=0.10, show_default=True,
-                 help="On a GPU: the largest spread (p90/p10 − 1) of a round's step times that certifies."),
-    click.option("--max-rounds", default=5, show_default=True,
-                 help="Rounds of timed steps to wait for a steady one before calling the machine busy."),
-)
-
-
-def stability_options(f: Any) -> Any:
-    """The throughput guard's options, handed to the command as one `stability` (a Stability)."""
-    @functools.wraps(f)
-    def command(*args: Any, allow_noisy: bool, min_cpu_share: float, spread_tolerance: float, max_rounds: int,
-                **kwargs: Any) -> Any:
-        from languini.throughput import Stability
-
-        return f(*args, stability=Stability(spread_tolerance, max_rounds, allow_noisy, min_cpu_share), **kwargs)
-    return _stability_flags(command)
 
 
 # --- mixes ------------------------------------------------------------------------------
@@ -601,15 +607,6 @@ def _calibration(path: Path | None, device_factor: float | None) -> dict[str, An
     return factor_as_calibration(device_factor)
 
 
-def _read_certificate(path: Path) -> dict[str, Any]:
-    from languini.io import read_json
-
-    cert = read_json(path, "Throughput certificate")
-    if not isinstance(cert, dict):
-        raise UserError(f"{path} is not a throughput certificate.")
-    return cert
-
-
 @main.command("budget")
 @click.option("--class", "class_name", required=True, help="Compute class (see `languini classes`).")
 @click.option("--throughput", "cert_path", required=True, type=click.Path(path_type=Path),
@@ -625,9 +622,10 @@ def budget_cmd(class_name: str, cert_path: Path, batch_size: int | None, seq_len
     """Turn a compute class and a certificate into tokens, steps and reference-hours."""
     from languini.compute import budget_from_certificate, get_class
     from languini.mix import load_mix
+    from languini.throughput import read_certificate
 
     charge = load_mix(mix_path).charge() if mix_path else None
-    b = budget_from_certificate(get_class(class_name), _read_certificate(cert_path),
+    b = budget_from_certificate(get_class(class_name), read_certificate(cert_path),
                                 _calibration(calibration_path, device_factor), batch_size, seq_len, charge)
     emit(as_json, b.to_dict(), _budget_line(b))
 
@@ -697,9 +695,12 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
     measurement (or a certificate marked noisy) stops training unless --allow-noisy; a FLOP
     class's budget does not depend on it, so its one round of timing never stops training.
     """
-    from languini import trainer
+    from languini.distributed import join_world
     from languini.mix import load_mix
+    from languini.plan import plan
     from languini.run import RunDir
+    from languini.throughput import read_certificate
+    from languini.trainer import resume, train
 
     if not resume_:
         RunDir.check_replaceable(out, force)  # before measuring: a refusal then costs nothing
@@ -708,20 +709,21 @@ def train_cmd(family: str, config_name: str, batch_size: int | None, micro_batch
                                  eval_every=eval_every, log_every=log_every, checkpoint_every=checkpoint_every)
     if resume_:
         cert_path = cert_path or RunDir.open(out).throughput  # the budget stays the one certified
-    cert = _read_certificate(cert_path) if cert_path else None
+    cert = read_certificate(cert_path) if cert_path else None
     mix = load_mix(mix_path) if mix_path else None
-    p = trainer.plan(family, config_name, data_dir, class_name, overrides, cert,
-                     _calibration(calibration_path, device_factor), progress, mix, any_tokenizer,
-                     stability=stability)
+    world = join_world()
+    p = plan(family, config_name, data_dir, class_name, overrides, world=world, certificate=cert,
+             calibration=_calibration(calibration_path, device_factor), mix=mix, any_tokenizer=any_tokenizer,
+             stability=stability, progress=progress)
     if resume_:
-        result = trainer.resume(out, p, force, progress, verify_data=verify_data)
+        result = resume(out, world=world, new=p, force=force, progress=progress, verify_data=verify_data)
         if result is not None:
             emit(as_json, result, _summary(result, out))
         return
     if not as_json:
         click.echo(f"budget: {_budget_line(p.budget)}; measured {p.budget.tokens_per_second:,.0f} tokens/s "
                    f"on {p.budget.device}", err=True)
-    result = trainer.train(p, out, force=force, progress=progress, verify_data=verify_data)
+    result = train(p, out, force=force, progress=progress, verify_data=verify_data)
     if result is not None:  # None on the other ranks under torchrun
         emit(as_json, result, _summary(result, out))
 
@@ -764,9 +766,10 @@ def resume_cmd(run_dir: Path, verify_data: bool, progress: bool, as_json: bool) 
 
     A checkpoint that fails its checksum is skipped (with a warning) for the previous one.
     """
-    from languini import trainer
+    from languini.distributed import join_world
+    from languini.trainer import resume
 
-    result = trainer.resume(run_dir, progress=progress, verify_data=verify_data)
+    result = resume(run_dir, world=join_world(), progress=progress, verify_data=verify_data)
     if result is not None:
         emit(as_json, result, _summary(result, run_dir))
 
@@ -805,10 +808,13 @@ def eval_cmd(run_dir: Path, split: str, batch_size: int, stride: int | None, tas
                  for task, r in results["tasks"].items()]
         emit(as_json, results, "\n".join(lines) + f"\nresults: {run_dir / 'lm_eval.json'}")
         return
+    from languini.distributed import join_world
     from languini.evaluate import evaluate_run
     from languini.io import atomic_write_json
 
-    result = evaluate_run(run_dir, split, batch_size, stride, device, progress)
+    result = evaluate_run(run_dir, split, batch_size, stride, device, progress, world=join_world())
+    if result is None:  # another rank than 0 under torchrun: rank 0 writes and prints
+        return
     atomic_write_json(run_dir / f"eval-{split}.json", result)
     m = result[split]
     lines = [f"{split}: {m['bits_per_byte']:.4f} bits/byte, token perplexity {m['token_perplexity']:.2f}, "

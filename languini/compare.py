@@ -14,10 +14,12 @@ from languini import throughput, trainer
 from languini.compute import get_class
 from languini.config import train_config
 from languini.data.loader import PreparedData
+from languini.distributed import World
 from languini.errors import UserError, to_stderr
 from languini.family import load_family
 from languini.io import atomic_write_bytes, atomic_write_json, read_json
 from languini.mix import load_mix, selection_row, selection_text
+from languini.plan import plan
 from languini.plots import mix_comparison, png_bytes
 from languini.throughput import Stability
 
@@ -63,7 +65,7 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
     out_dir.mkdir(parents=True, exist_ok=True)
     cert_path = out_dir / "throughput.json"
     if cert_path.exists():
-        cert = read_json(cert_path, "Throughput certificate")
+        cert = throughput.read_certificate(cert_path)
     else:
         fam = load_family(family)
         first = next(iter(datas.values()))
@@ -76,8 +78,8 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
         for seed in range(seeds):
             run = out_dir / f"{mix.name}-seed{seed}"
             result_path = run / "result.json"
-            p = trainer.plan(family, config, datas[mix.name].path, class_name, {"seed": seed}, cert,
-                             progress=progress, mix=mix, any_tokenizer=any_tokenizer, warn=warn, stability=stability)
+            p = plan(family, config, datas[mix.name].path, class_name, {"seed": seed}, world=World(), certificate=cert,
+                     mix=mix, any_tokenizer=any_tokenizer, stability=stability, progress=progress, warn=warn)
             if result_path.exists():
                 result = read_json(result_path, "Run result")
                 if (result.get("mix_details") or {}).get("digest") != p.mix.digest():

@@ -5,6 +5,9 @@ data order do not depend on the number of processes: every rank builds the same 
 and trains its own rows of it, gradients are averaged by DistributedDataParallel, and rank 0
 alone measures throughput, writes logs and checkpoints. A plain `python` run is world size 1
 and touches none of this.
+
+The process group is joined once, by the command that trains or evaluates (`join_world`), and
+the `World` it returns is passed down: no library function starts it behind the caller's back.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from languini.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -42,15 +47,14 @@ class World:
     def rows(self, batch_size: int) -> slice:
         """This rank's rows of the global batch."""
         if batch_size % self.size:
-            from languini.errors import UserError
-
             raise UserError(f"The batch size {batch_size} does not divide among {self.size} processes.")
         per = batch_size // self.size
         return slice(self.rank * per, (self.rank + 1) * per)
 
 
-def world() -> World:
-    """This process's place, initialising the process group on first use under torchrun."""
+def join_world() -> World:
+    """This process's place; under torchrun (WORLD_SIZE > 1) it joins the process group first
+    (once: a second call finds it joined). A plain process is a world of one."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from languini import device as devices
@@ -28,6 +27,7 @@ from languini.distributed import World, sum_arrays
 from languini.errors import UserError
 from languini.family import load_family, make_dataclass_strict
 from languini.run import RunDir
+from languini.step import token_nll
 
 
 
@@ -38,9 +38,7 @@ class TokenScores:
 
 
 def _nll_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = logits.float()
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return nll.view(targets.shape), logits.argmax(-1) == targets
+    return token_nll(logits, targets), logits.argmax(-1) == targets
 
 
 @dataclass(frozen=True)
@@ -244,7 +242,7 @@ def score_model(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: t
 
 
 def evaluate_run(run_path, split: str = "test", batch_size: int = 64, stride: int | None = None,
-                 device: str = "auto", progress: bool = False, world: World = World()) -> dict | None:
+                 device: str = "auto", progress: bool = False, *, world: World) -> dict | None:
     """Score a finished run's checkpoint on a whole split, next to the train-split unigram.
 
     Under torchrun the scoring is sharded over ranks and summed; rank 0 returns the metrics,

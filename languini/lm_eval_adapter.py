@@ -47,6 +47,7 @@ from languini import device as devices
 from languini.errors import UserError
 from languini.evaluate import load_run_model, rolling_windows
 from languini.run import RunDir
+from languini.step import token_nll
 
 RESULTS_FILE = "lm_eval.json"
 RESULTS_SCHEMA = 1
@@ -248,9 +249,8 @@ def _batches(items: Sequence[Any] | Iterator[Any], n: int) -> list[list[Any]]:
 
 def _target_scores(logits: torch.Tensor, targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Log-probability (fp32) of each target and whether it is the top-1 prediction."""
-    logits = logits.float()
     targets = targets.to(logits.device)
-    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    logprobs = -token_nll(logits, targets)
     return logprobs.double().cpu().numpy(), (logits.argmax(-1) == targets).cpu().numpy()
 
 

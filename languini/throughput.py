@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -36,10 +37,13 @@ from tqdm import tqdm
 
 from languini import __version__
 from languini import device as devices
-from languini.compute import ComputeClass, find_device
+from languini.compute import ComputeClass, certificate_precision, find_device, reference_yardstick
 from languini.config import TrainConfig, train_config
+from languini.distributed import World
 from languini.errors import UserError
-from languini.family import Family, config_hash, load_family
+from languini.family import Family, config_differences, config_hash, load_family
+from languini.io import read_json
+from languini.step import TrainStep
 
 CERTIFICATE_SCHEMA = 1
 OOM_EXIT = 3  # a sweep worker's exit status when the batch did not fit
@@ -204,14 +208,14 @@ def check_stable(cert: dict[str, Any], cls: ComputeClass, stability: Stability) 
 
 def measure(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig, warmup: int = 3,
             steps: int = 10, progress: bool = True, stability: Stability = Stability()) -> dict[str, Any]:
-    """Time `steps` steps per round until a round is steady (see `Stability`); certify the last."""
-    from languini.trainer import Trainable  # the same step training runs
+    """Time `steps` steps per round until a round is steady (see `Stability`); certify the last.
 
+    The step is training's own (`TrainStep`), on one device: the protocol measures one process."""
     if warmup < 0 or steps < 1:
         raise UserError("Warm-up steps must be >= 0 and timed steps >= 1.")
     dev = devices.resolve(tcfg.device)
     torch.manual_seed(tcfg.seed)
-    trainable = Trainable.build(family, model_cfg, tcfg, dev)
+    trainable = TrainStep.build(family, model_cfg, tcfg, dev, World())
     B, T = tcfg.batch_size, model_cfg.seq_len
     gen = torch.Generator().manual_seed(tcfg.seed)
     x = torch.randint(0, model_cfg.vocab_size, (B, T), generator=gen)
@@ -291,9 +295,59 @@ def measure(family: Family, config_name: str, model_cfg: Any, tcfg: TrainConfig,
     }
 
 
+# --- reading and checking certificates -------------------------------------------------
+
+
+def read_certificate(path: str | Path) -> dict[str, Any]:
+    """A certificate from its JSON file; anything but a JSON object is refused in one sentence."""
+    cert = read_json(path, "Throughput certificate")
+    if not isinstance(cert, dict):
+        raise UserError(f"{path} is not a throughput certificate.")
+    return cert
+
+
 def tokens_per_second_of(cert: dict[str, Any]) -> float:
     """The rate a certificate's own step times imply: a hand-edited rate does not match it."""
     return cert["batch_size"] * cert["seq_len"] / float(np.median(cert["step_times"]))
+
+
+def rate_mismatch(cert: dict[str, Any]) -> str | None:
+    """Why a certificate's tokens/s is not what its own step times give (None if it is)."""
+    try:
+        implied = tokens_per_second_of(cert)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return "the certificate lacks its step times, batch size or sequence length"
+    if not math.isclose(implied, float(cert.get("tokens_per_second", -1)), rel_tol=1e-9):
+        return (f"tokens_per_second {cert.get('tokens_per_second')} is not what its own step times "
+                f"give ({implied:.6g})")
+    return None
+
+
+def model_mismatch(cert: dict[str, Any], family_name: str, model_cfg: Any) -> str | None:
+    """Why a certificate did not measure this model (another family or config), None if it did:
+    training refuses such a certificate and the submission check fails it."""
+    if cert.get("model") != family_name:
+        return f"the certificate is for family '{cert.get('model')}', not '{family_name}'"
+    if cert.get("config_hash") != config_hash(model_cfg):
+        return ("the certificate was measured on a different model config "
+                f"({config_differences(cert.get('model_config'), model_cfg)})")
+    return None
+
+
+def check_certificate(cert: dict[str, Any], family: Family, model_cfg: Any, tcfg: TrainConfig) -> None:
+    """A certificate only buys a budget for the model, batch and precision it measured."""
+    if why := model_mismatch(cert, family.name, model_cfg):
+        raise UserError(f"The throughput{why.removeprefix('the')}: measure it again.")
+    if int(cert.get("batch_size", -1)) != tcfg.batch_size:
+        raise UserError(
+            f"The certificate was measured at batch size {cert.get('batch_size')}, training asks for "
+            f"{tcfg.batch_size}: train at the certified batch size or measure again."
+        )
+    measured, wanted = certificate_precision(cert), devices.training_precision(tcfg.precision,
+                                                                               devices.resolve(tcfg.device))
+    if measured != wanted:
+        raise UserError(f"The certificate was measured in {measured}, training would run in {wanted}: train with "
+                        f"--precision {measured} or measure again.")
 
 
 # --- the sweep --------------------------------------------------------------------------
@@ -367,10 +421,6 @@ def _worker_main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(_worker_main(sys.argv[1:]))
-
-
 def calibrate(reference: str, config: str, batch_size: int, device: str = "auto", compile: bool = False,
               warmup: int = 3, steps: int = 10, progress: bool = True, precision: str = "auto",
               stability: Stability = Stability()) -> dict[str, Any]:
@@ -380,8 +430,6 @@ def calibrate(reference: str, config: str, batch_size: int, device: str = "auto"
     local tokens/s × factor = what the reference would do. The yardstick is timed in the
     precision the certificates it converts are measured in (the budget refuses a mismatch).
     """
-    from languini.compute import reference_yardstick
-
     ref_tps = reference_yardstick(reference, config)
     request = {"family": "gpt", "config": config, "warmup": warmup, "steps": steps, "stability": asdict(stability),
                "train_overrides": {"batch_size": batch_size, "device": device, "compile": compile,
@@ -399,3 +447,7 @@ def calibrate(reference: str, config: str, batch_size: int, device: str = "auto"
         "certificate": cert,
         "date": cert["date"],
     }
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main(sys.argv[1:]))

@@ -16,6 +16,7 @@ from test_selection import clean_text, prepared, setup  # noqa: F401  (setup is 
 from languini.selection.doremi import DomainRows, describe, doremi, excess_losses, update_weights
 from languini.errors import UserError
 from languini.mix import load_mix
+from languini.run import RunDir
 
 
 def test_the_update_matches_hand_computed_weights():
@@ -79,6 +80,14 @@ def test_the_mix_spec_holds_the_averaged_weights_and_the_trajectory(setup, rewei
     assert open(sel["figure"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     for run in (sel["reference_run"], sel["proxy_run"]):
         assert (Path(run) / "checkpoints" / "last.pt").exists()
+
+
+def test_the_proxy_is_checkpointed_like_a_run(reweighted):
+    state = RunDir.open(reweighted["proxy_run"]).load_checkpoint()
+    assert {"model", "optimizer", "scaler", "states", "counters", "rng", "identity"} <= set(state)
+    assert state["optimizer"]["state"]  # Adam's moments: the proxy stepped through the training optimiser
+    assert state["counters"]["step"] == reweighted["settings"]["steps"]
+    assert state["identity"]["steps"] == str(reweighted["settings"]["steps"])
 
 
 def test_a_mix_refuses_data_with_another_tokenizer(setup, reweighted):  # noqa: F811

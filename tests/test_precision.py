@@ -15,7 +15,9 @@ from languini.compute import budget_from_certificate, compute_budget, get_class
 from languini.config import TrainConfig, train_config
 from languini.errors import UserError
 from languini.family import config_hash, load_family
-from languini.trainer import Trainable, check_certificate
+from languini.distributed import World
+from languini.step import TrainStep
+from languini.throughput import check_certificate
 
 
 def test_auto_is_fp16_on_cuda_and_fp32_elsewhere():
@@ -28,12 +30,12 @@ def test_auto_is_fp16_on_cuda_and_fp32_elsewhere():
         TrainConfig(precision="half")
 
 
-def nano(precision: str) -> Trainable:
+def nano(precision: str) -> TrainStep:
     fam = load_family("gpt")
     cfg, train = fam.config("nano", vocab_size=64)
     torch.manual_seed(0)
-    return Trainable.build(fam, cfg, train_config(train, {"batch_size": 2, "device": "cpu",
-                                                          "precision": precision}), torch.device("cpu"))
+    return TrainStep.build(fam, cfg, train_config(train, {"batch_size": 2, "device": "cpu",
+                                                          "precision": precision}), torch.device("cpu"), World())
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,7 +43,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randint(0, 64, (2, 128), generator=gen), torch.randint(0, 64, (2, 128), generator=gen)
 
 
-def params(t: Trainable) -> list[torch.Tensor]:
+def params(t: TrainStep) -> list[torch.Tensor]:
     return [p.detach().clone() for p in t.model.parameters()]
 
 

@@ -113,3 +113,17 @@ def test_a_busy_machine_stops_training_in_hours_but_not_in_flops(setup, tmp_path
     assert len(cert["rounds"]) == 1 and cert["noisy"] is True  # timed once, and said so
     assert result["budget_mode"] == "flops"
     invoke("submit", tmp_path / "flops", "--out", tmp_path / "bundle")  # the FLOP budget never rested on it
+
+
+@pytest.mark.parametrize("command,args", [
+    (("data", "select", "perplexity"), ("--train-reference", "blink", "--out", "ppl")),
+    (("data", "doremi"), ("--class", "blink", "--out", "weights.toml")),
+])
+def test_the_selection_commands_measure_their_reference_under_the_stability_options(setup, tmp_path, command, args):
+    """Both train a reference for a class in hours, so its rate passes the same guard as `train`'s."""
+    args = tuple(tmp_path / a if a in ("ppl", "weights.toml") else a for a in args)
+    data = tmp_path / "data"  # two domains: DoReMi weighs them
+    invoke("data", "prepare", setup / "c.jsonl", "--out", data, "--tokenizer", "bytes", "--split", "90/5/5",
+           "--domain-field", "meta.set", QUIET)
+    out = fails(*command, data, "--family", "gpt", "--config", setup / "model.toml", *args, QUIET, *UNSTEADY)
+    assert "The machine is busy" in out and "last of 2 measuring rounds" in out and "--allow-noisy" in out

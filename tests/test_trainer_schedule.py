@@ -6,7 +6,7 @@ import torch
 from languini.config import TrainConfig, train_config
 from languini.errors import UserError
 from languini.family import load_family
-from languini.trainer import lr_at, make_optimizer
+from languini.step import lr_at, make_optimizer
 
 
 def languini_cosine_lr(step: int, warmup: int, max_lr: float, min_lr: float, max_steps: int) -> float:

@@ -24,36 +24,41 @@ needs the whole batch's losses before the step.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from languini import device as devices
-from languini import trainer
 from languini.data.dedup import open_parent
 from languini.data.loader import MixedStreams, PreparedData
+from languini.distributed import World
 from languini.errors import UserError
-from languini.io import atomic_write_bytes, atomic_write_json, read_json
+from languini.io import atomic_write_bytes, atomic_write_json
 from languini.mix import Mix, SelectionCost, check_spec_out, train_domain_tokens, write_mix
+from languini.plan import Plan, plan
 from languini.plots import doremi_trajectory, png_bytes
 from languini.run import RunDir, model_warnings
 from languini.selection.models import (cost, load_selection_model, selection_table, selection_warnings, total_cost,
                                       train_model)
+from languini.step import TrainStep, detach_state, lr_at, token_nll
+from languini.throughput import Stability, read_certificate
+from languini.trainer import Counters, save_checkpoint, write_plan
 
 
 def doremi(data_dir: str | Path, out_mix: str | Path, *, family: str = "gpt", config: str = "nano",
            class_name: str, eta: float = 1.0, smoothing: float = 1e-3, seed: int = 0,
            train_overrides: dict[str, Any] | None = None, max_epochs: float = 4.0, charge_selection: bool = False,
-           progress: bool = True, force: bool = False) -> dict[str, Any]:
+           stability: Stability = Stability(), progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Train a reference and a group-DRO proxy (`family`/`config` at `class_name`, in
     `MIX.runs/`) on `data_dir` and write the averaged domain weights as the mix spec `out_mix`,
     with the weight trajectory beside it (`MIX.trajectory.json`, `MIX.trajectory.png`).
-    Returns the report."""
+    The reference's certificate is measured under `stability`; both models train in this one
+    process. Returns the report."""
     check_settings(eta, smoothing)
     out_mix = Path(out_mix)
     check_spec_out(out_mix, force)
@@ -65,9 +70,10 @@ def doremi(data_dir: str | Path, out_mix: str | Path, *, family: str = "gpt", co
     if work.exists() and any(work.iterdir()) and not force:
         raise UserError(f"{work} holds the runs of an earlier DoReMi; pass --force to replace them.")
     overrides = {**(train_overrides or {}), "seed": seed}
-    train_model(family, config, data.path, class_name, work / "reference", overrides, progress)
-    certificate = read_json(work / "reference" / "throughput.json", "Throughput certificate")
-    p = trainer.plan(family, config, data.path, class_name, overrides, certificate, progress=progress)
+    train_model(family, config, data.path, class_name, work / "reference", overrides, stability, progress)
+    certificate = read_certificate(work / "reference" / "throughput.json")
+    p = plan(family, config, data.path, class_name, overrides, world=World(), certificate=certificate,
+             stability=stability, progress=progress)
     dev = devices.resolve(p.tcfg.device)
     reference = load_selection_model(work / "reference", data, dev)
     trajectory = train_proxy(p, reference.model, domains, eta, smoothing, work / "proxy", progress)
@@ -175,57 +181,62 @@ class Trajectory:
                 "excess_loss_by_step": self.excess.tolist(), "loss_by_step": self.loss.tolist()}
 
 
-def _nll(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, state: Any,
-         dev: torch.device) -> tuple[torch.Tensor, Any]:
-    """Per-token negative log-likelihoods (batch × seq) and the model's next state."""
-    with devices.autocast(dev):
-        logits, state = model(x, state)
-    nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
-    return nll.view(y.shape), trainer._detach(state)
+class GroupDRO:
+    """The proxy's loss hook: from the proxy's per-token NLL of a batch, the reference's on the
+    same tokens gives λ and the new α; the loss is Σ_d α_d · (the proxy's mean NLL on domain d).
+    It sees whole batches in order (one micro-batch per step), so it carries the reference's
+    state from batch to batch as the proxy's step carries the proxy's."""
+
+    def __init__(self, reference: torch.nn.Module, token_domains: torch.Tensor, k: int, eta: float,
+                 smoothing: float, precision: str) -> None:
+        self.reference, self.token_domains, self.eta, self.smoothing = reference.eval(), token_domains, eta, smoothing
+        self.precision = precision
+        self.domain_tokens = torch.bincount(token_domains, minlength=k).clamp_min(1)  # the same in every batch
+        self.alpha, self.excess = np.full(k, 1.0 / k), np.zeros(k)
+        self.state: Any = None
+
+    def __call__(self, nll: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), devices.autocast(x.device, self.precision):
+            logits, state = self.reference(x, self.state)
+        self.state = detach_state(state)
+        self.excess = excess_losses(nll, token_nll(logits, y), self.token_domains, self.excess)
+        self.alpha = update_weights(self.alpha, self.excess, self.eta, self.smoothing)
+        per_domain = (torch.zeros(len(self.alpha), device=nll.device).index_add_(0, self.token_domains, nll.flatten())
+                      / self.domain_tokens)
+        return (torch.as_tensor(self.alpha, dtype=per_domain.dtype, device=nll.device) * per_domain).sum()
 
 
-def train_proxy(p: trainer.Plan, reference: torch.nn.Module, domains: list[str], eta: float, smoothing: float,
+def train_proxy(p: Plan, reference: torch.nn.Module, domains: list[str], eta: float, smoothing: float,
                 run_path: Path, progress: bool) -> Trajectory:
-    """The group-DRO loop over the plan's budget; the proxy is saved as a run directory
-    (config, certificate, budget, metrics and checkpoint: `languini eval` can score it)."""
-    tcfg, steps, k = p.tcfg, p.budget.steps, len(domains)
+    """The group-DRO loop over the plan's budget, stepping as training does (optimiser,
+    precision, gradient scaler, schedule) with the group-DRO loss. The proxy is saved as a run
+    directory (config, certificate, budget, metrics and a checkpoint like a run's: `languini
+    eval` can score it). It steps in one process on whole batches (no accumulation): the
+    weight update needs the whole batch's losses before the step."""
+    tcfg, steps, k = replace(p.tcfg, micro_batch_size=p.tcfg.batch_size), p.budget.steps, len(domains)
     dev = devices.resolve(tcfg.device)
-    torch.manual_seed(tcfg.seed)
-    model = p.family.build(p.model_cfg).to(dev)
-    optimizer = trainer.make_optimizer(model, tcfg)
     batches = DomainRows(p.data, domains, tcfg.batch_size, p.model_cfg.seq_len, tcfg.seed)
     token_domains = batches.row_domain.to(dev)[:, None].expand(tcfg.batch_size, p.model_cfg.seq_len).flatten()
-    domain_tokens = torch.bincount(token_domains, minlength=k).clamp_min(1)  # the same in every batch
+    torch.manual_seed(tcfg.seed)
+    proxy = TrainStep.build(p.family, p.model_cfg, tcfg, dev, World())
+    proxy.loss = dro = GroupDRO(reference, token_domains, k, eta, smoothing, proxy.precision)
     run = RunDir.create(run_path, force=True)
-    trainer.write_plan(run, p)
-    alpha, excess = np.full(k, 1.0 / k), np.zeros(k)
+    write_plan(run, p)
     weights, excesses, losses = np.zeros((steps, k)), np.zeros((steps, k)), np.zeros(steps)
-    state, ref_state = None, None
-    model.train()
-    reference.eval()
+    counters, start = Counters(), time.perf_counter()
     for step in tqdm(range(steps), desc=f"doremi proxy {p.family.name}/{p.config_name}", unit="step",
                      disable=not progress, file=sys.stderr):
-        x, y = (t.to(dev) for t in batches.batch(step))
-        nll, state = _nll(model, x, y, state, dev)
-        with torch.no_grad():
-            ref_nll, ref_state = _nll(reference, x, y, ref_state, dev)
-        excess = excess_losses(nll, ref_nll, token_domains, excess)
-        alpha = update_weights(alpha, excess, eta, smoothing)
-        per_domain = torch.zeros(k, device=dev).index_add_(0, token_domains, nll.flatten()) / domain_tokens
-        loss = (torch.as_tensor(alpha, dtype=per_domain.dtype, device=dev) * per_domain).sum()
-        lr = trainer.lr_at(step, steps, tcfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tcfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        optimizer.step()
-        weights[step], excesses[step], losses[step] = alpha, excess, loss.item()
+        t0 = time.perf_counter()
+        x, y = batches.batch(step)
+        counters.wait += time.perf_counter() - t0
+        lr = lr_at(step, steps, tcfg)
+        loss = proxy.step(x, y, lr)
+        weights[step], excesses[step], losses[step] = dro.alpha, dro.excess, loss.item()
+        counters.step, counters.loss, counters.elapsed = step + 1, losses[step], time.perf_counter() - start
         if step % tcfg.log_every == 0 or step == steps - 1:
-            run.log({"step": step + 1, "lr": lr, "loss": losses[step], "weights": dict(zip(domains, alpha.tolist())),
-                     "excess_loss": dict(zip(domains, excess.tolist()))})
-    run.save_checkpoint({"model": model.state_dict()})
+            run.log({"step": step + 1, "lr": lr, "loss": losses[step], "weights": dict(zip(domains, dro.alpha.tolist())),
+                     "excess_loss": dict(zip(domains, dro.excess.tolist()))})
+    save_checkpoint(run, p, proxy, batches, counters)
     return Trajectory(domains, weights, excesses, losses)
 
 

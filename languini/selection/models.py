@@ -1,6 +1,6 @@
 """The small models that select data, and what they cost.
 
-A selection model is a run of the harness itself: trained with `trainer.plan`/`trainer.train`,
+A selection model is a run of the harness itself: trained with `plan.plan`/`trainer.train`,
 or given as a finished run directory. Its cost is counted in the units a compute class is
 counted in, through the run's own throughput certificate and budget:
 
@@ -28,12 +28,15 @@ from typing import Any
 
 import torch
 
-from languini import trainer
 from languini.data.loader import PreparedData
+from languini.distributed import World
 from languini.errors import UserError
 from languini.family import load_family, make_dataclass_strict
 from languini.mix import SelectionCost
+from languini.plan import plan
 from languini.run import RunDir, model_warnings
+from languini.throughput import Stability
+from languini.trainer import train
 
 COST_RATIO = 10
 """A selection costing more than this many times the class its model trained for is reported
@@ -81,10 +84,13 @@ def load_selection_model(run_dir: str | Path, data: PreparedData, dev: torch.dev
 
 
 def train_model(family: str, config: str, data_dir: str | Path, class_name: str, run_dir: str | Path,
-                train_overrides: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
-    """Train a selection model with the harness (measuring its certificate); returns its result."""
-    p = trainer.plan(family, config, data_dir, class_name, train_overrides or {}, progress=progress)
-    return trainer.train(p, run_dir, force=True, progress=progress)
+                train_overrides: dict[str, Any] | None, stability: Stability, progress: bool) -> dict[str, Any]:
+    """Train a selection model with the harness, measuring its certificate under `stability`;
+    returns its result. Selection runs in one process (its scoring and DoReMi's proxy are not
+    sharded), so its models train in one too."""
+    p = plan(family, config, data_dir, class_name, train_overrides or {}, world=World(), stability=stability,
+             progress=progress)
+    return train(p, run_dir, force=True, progress=progress)
 
 
 def cost(budget: dict[str, Any], trained_tokens: int, forward_tokens: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from languini.mix import Mix, SelectionCost, write_mix
 from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
 from languini.selection.models import (SelectionModel, cost, load_selection_model, selection_table,
                                       selection_warnings, total_cost, train_model)
+from languini.throughput import Stability
 
 CRITERIA = ("low", "medium", "high")
 QUANTILES = (10, 25, 50, 75, 90)
@@ -39,13 +40,14 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
                       train_reference_class: str | None = None, family: str = "gpt", config: str = "nano",
                       criterion: str = "low", keep: float = 0.5, seed: int = 0, mix_out: str | Path | None = None,
                       max_epochs: float = 4.0, charge_selection: bool = False,
-                      train_overrides: dict[str, Any] | None = None, device: str = "auto", progress: bool = True,
-                      force: bool = False) -> dict[str, Any]:
+                      train_overrides: dict[str, Any] | None = None, device: str = "auto",
+                      stability: Stability = Stability(), progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Write to `out` the train documents of `data_dir` that a reference model's perplexity keeps,
     and a mix spec for them (`mix_out`, default `OUT.toml` beside `out`).
 
     The reference is `reference_run` (a finished run), or a `family`/`config` model trained for
-    `train_reference_class` on half the documents (in `OUT.runs/`). Returns the report, also
+    `train_reference_class` on half the documents (in `OUT.runs/`), its throughput measured
+    under `stability`. Returns the report, also
     written to `out/selection.json`.
     """
     check_settings(criterion, keep, reference_run, train_reference_class)
@@ -60,7 +62,7 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
         write_derived(parent, table, half, work / "half", {"method": "perplexity-reference-half", "seed": seed},
                       None, progress)
         train_model(family, config, work / "half", train_reference_class, work / "reference", train_overrides,
-                    progress)
+                    stability, progress)
         reference_run, scored = work / "reference", ~half
     ref = load_selection_model(reference_run, parent, dev)
     rows = np.flatnonzero(scored)

@@ -9,7 +9,8 @@ import torch
 from languini import throughput
 from languini.config import train_config
 from languini.family import load_family
-from languini.trainer import Trainable
+from languini.distributed import World
+from languini.step import TrainStep
 
 pytestmark = pytest.mark.gpu
 
@@ -21,7 +22,7 @@ def test_cuda_training_precision(family, precision, scaled):
     cfg, train = fam.config("micro", vocab_size=256)
     tcfg = train_config(train, {"batch_size": 8, "device": "cuda", "precision": precision})
     torch.manual_seed(0)
-    t = Trainable.build(fam, cfg, tcfg, torch.device("cuda"))
+    t = TrainStep.build(fam, cfg, tcfg, torch.device("cuda"), World())
     assert t.precision == ("fp16" if precision == "auto" else "bf16") and t.scaler.is_enabled() == scaled
     x = torch.arange(8 * (cfg.seq_len + 1)).remainder(17).view(8, -1)  # a pattern the model can learn
     losses = [t.step(x[:, :-1], x[:, 1:], lr=2e-3).item() for _ in range(40)]
