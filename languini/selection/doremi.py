@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from languini import device as devices
 from languini import trainer
-from languini.data.dedup import open_parent
+from languini.data.derive import open_parent
 from languini.data.loader import MixedStreams, PreparedData
 from languini.errors import UserError
 from languini.io import atomic_write_bytes, atomic_write_json, read_json
