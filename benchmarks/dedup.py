@@ -49,7 +49,7 @@ from datasketch import MinHash, MinHashLSH
 
 from languini.data.dedup import dedup
 from languini.data.loader import PreparedData
-from languini.data.minhash import MinHasher, Signed, folded, linked_pairs, lsh_params, normalise, representatives, s_curve, sign
+from languini.data.minhash import MinHasher, Signed, linked_pairs, lsh_params, normalise, representatives, s_curve, sign
 from languini.data.prepare import prepare
 
 THRESHOLD, NUM_PERM, NGRAM = 0.75, 128, 5
@@ -183,7 +183,6 @@ def main() -> None:
     texts, planted = make_corpus(args.pairs, args.singles, args.seed)
     assert all(words_of(t) == normalise(t).split() for t in texts[:200]), "both sides see the same words"
     bands, rows = lsh_params(THRESHOLD, NUM_PERM)
-    folded()  # built before any worker forks, as dedup() does
     load_before = os.getloadavg()
     wall: dict[str, list[float]] = {"languini": [], "languini_1_worker": [], "datasketch": []}
     cpu: dict[str, list[float]] = {name: [] for name in wall}

@@ -54,7 +54,7 @@ MIXED_STREAM = """
 import sys, numpy as np
 from languini.data.loader import MixedStreams, PreparedData
 data = PreparedData(sys.argv[1])
-weights = {d: s["tokens"] for d, s in data.manifest["splits"]["train"]["by_domain"].items()}
+weights = data.manifest.domain_tokens("train")
 streams = MixedStreams(data, "train", weights, batch_size=8, seq_len=512, seed=0)
 for step in range(200):
     streams.batch(step)

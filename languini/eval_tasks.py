@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from languini.data import derive
+from languini.data.derive import DecodedDocument
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.io import atomic_dir
@@ -63,33 +65,17 @@ class TaskSet:
     examples: dict[str, int]
 
 
-@dataclass(frozen=True)
-class Document:
-    id: str
-    domain: str
-    text: str
-
-
 def default_out_dir(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / "eval_tasks"
 
 
-def documents(data: PreparedData, split: str) -> list[Document]:
-    """The split's non-empty documents as text: their tokens decoded without the end-of-document
-    token, the text whose bytes `languini eval` divides by."""
-    docs = data.documents(split)
-    tokens = data.stream(split).all()
-    tok = data.tokenizer
-    out = []
-    for i, doc_id in enumerate(docs.ids):
-        ids = tokens[docs.offsets[i] : docs.offsets[i + 1]]
-        text = tok.decode([int(t) for t in ids if t != tok.eod_id])
-        if text:
-            out.append(Document(str(doc_id), data.domains[int(docs.domains[i])], text))
-    return out
+def documents(data: PreparedData, split: str) -> list[DecodedDocument]:
+    """The split's non-empty documents as text (the text whose bytes `languini eval` divides
+    by): a task needs them all at once, to draw distractors from."""
+    return [doc for doc in derive.documents(data, split) if doc.text]
 
 
-def cloze_examples(docs: list[Document], settings: ClozeSettings) -> list[dict]:
+def cloze_examples(docs: list[DecodedDocument], settings: ClozeSettings) -> list[dict]:
     """Passages with their true continuation among distractors of as many words taken from
     other documents; each distractor starts with the true continuation's whitespace, so only
     the words differ. Deterministic in the documents and the seed."""
@@ -107,7 +93,7 @@ def cloze_examples(docs: list[Document], settings: ClozeSettings) -> list[dict]:
 class _ClozeDraw:
     """One random generator drawing passages and distractors, in document order."""
 
-    def __init__(self, docs: list[Document], settings: ClozeSettings) -> None:
+    def __init__(self, docs: list[DecodedDocument], settings: ClozeSettings) -> None:
         self.docs, self.settings, self.rng = docs, settings, random.Random(settings.seed)
         self.words = [[w.span() for w in _WORD.finditer(doc.text)] for doc in docs]
         self.pool = [d for d, words in enumerate(self.words) if len(words) >= settings.continuation_words]

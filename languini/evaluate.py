@@ -21,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from languini import device as devices
-from languini.data.identity import STREAMS, dataset_name, default_stride, identity_of
+from languini.data.derive import document_table, identity_of
 from languini.data.loader import PreparedData, TokenStream
+from languini.data.manifest import STREAMS, dataset_name, default_stride
 from languini.distributed import World, sum_arrays
 from languini.errors import UserError
 from languini.family import load_family, make_dataclass_strict
@@ -202,14 +203,9 @@ class SplitText:
 
     @classmethod
     def load(cls, data: PreparedData, split: str, tokens: np.ndarray) -> "SplitText":
-        docs = data.documents(split)
-        n_docs = len(docs.offsets) - 1
-        doc_bytes = np.zeros(n_docs, dtype=np.int64)
-        doc_chars = np.zeros(n_docs, dtype=np.int64)
-        for i, text in enumerate(data.texts(split)):
-            doc_bytes[i], doc_chars[i] = len(text.encode("utf-8")), len(text)
-        target_doc = np.searchsorted(docs.offsets, np.arange(1, len(tokens)), side="right") - 1
-        return cls(data.domains, docs.domains, doc_bytes, doc_chars, target_doc)
+        table = document_table(data, split)
+        target_doc = np.searchsorted(table.offsets, np.arange(1, len(tokens)), side="right") - 1
+        return cls(data.domains, table.domains, table.n_bytes, table.n_chars, target_doc)
 
 
 def summarize(scores: TokenScores, text: SplitText) -> dict:

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Iterator
 
 from languini.compute import Charge, budget_from_certificate, get_class, trained_compute
 from languini.config import load_run_config
-from languini.data.identity import SHORT, STREAMS, Identified, default_stride, identify_result
+from languini.data.identity import SHORT, Identified, identify_result
+from languini.data.manifest import STREAMS, default_stride
 from languini.errors import UserError
 from languini.family import load_family, make_dataclass_strict
 from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json

@@ -27,9 +27,12 @@ import torch
 
 from languini import __version__
 from languini import device as devices
-from languini.data.identity import compute_identity, identify_result
+from languini.data.derive import compute_identity
+from languini.data.identity import identify_result
 from languini.data.loader import PreparedData
+from languini.data.manifest import BUNDLED, Manifest, read_manifest
 from languini.errors import UserError
+from languini.evaluate import evaluate_model, load_run_model
 from languini.io import atomic_write_json, read_json, sha256_file
 from languini.run import RunDir
 
@@ -101,11 +104,11 @@ def _weights_of(folder: Path, given: Path | None) -> tuple[dict[str, torch.Tenso
                     "them); give them with --weights RUN_DIR_OR_FILE.")
 
 
-def _numbers(recorded: Any, recomputed: Any, where: str) -> Iterator[tuple[str, Any, Any]]:
+def _paired_leaves(recorded: Any, recomputed: Any, where: str) -> Iterator[tuple[str, Any, Any]]:
     """Every leaf of the recorded metrics beside the recomputed one at the same place."""
     if isinstance(recorded, dict):
         for key, value in recorded.items():
-            yield from _numbers(value, recomputed.get(key) if isinstance(recomputed, dict) else None,
+            yield from _paired_leaves(value, recomputed.get(key) if isinstance(recomputed, dict) else None,
                                 f"{where}.{key}")
     else:
         yield where, recorded, recomputed
@@ -120,14 +123,14 @@ def _differs(a: Any, b: Any, rtol: float) -> bool:
 
 def compare(result: dict[str, Any], recomputed: dict[str, Any], rtol: float, unigram: bool) -> list[str]:
     """Each metric of `result` that the recomputed evaluation does not reproduce, named."""
-    leaves = list(_numbers(result.get("test") or {}, recomputed["test"], "test"))
+    leaves = list(_paired_leaves(result.get("test") or {}, recomputed["test"], "test"))
     if unigram:
         leaves.append(("unigram_bits_per_byte", result.get("unigram_bits_per_byte"),
                        recomputed["unigram_bits_per_byte"]))
     return [f"{where}: recorded {a}, recomputed {b}" for where, a, b in leaves if _differs(a, b, rtol)]
 
 
-def _check_data(folder: Path, result: dict[str, Any], manifest: dict[str, Any] | None, data: PreparedData) -> str:
+def _check_data(folder: Path, result: dict[str, Any], manifest: Manifest | None, data: PreparedData) -> str:
     """Refuse data that is not the test text and tokenizer the run was scored with; return the
     identity recomputed from its text (the manifest's word is not taken for it)."""
     claimed = identify_result(result, manifest)
@@ -135,8 +138,8 @@ def _check_data(folder: Path, result: dict[str, Any], manifest: dict[str, Any] |
     if claimed.digest and actual != claimed.digest:
         raise UserError(f"{data.path} is not the test set {folder.name} was scored on (evaluation identity "
                         f"{actual[:10]}, the run's is {claimed.short}).")
-    tokenizer = (manifest or {}).get("tokenizer", {}).get("sha256")
-    if tokenizer and data.manifest["tokenizer"]["sha256"] != tokenizer:
+    tokenizer = manifest.tokenizer_sha256 if manifest else None
+    if tokenizer and data.manifest.tokenizer_sha256 != tokenizer:
         raise UserError(f"{data.path} holds the run's test text under another tokenizer; verify needs the data "
                         "the run was trained on (or one derived from it).")
     return actual
@@ -152,16 +155,13 @@ def verify(bundle: str | Path, data_dir: str | Path, weights: str | Path | None 
            batch_size: int = 64, progress: bool = False) -> dict[str, Any]:
     """Re-run the test evaluation of a bundle (or run directory) from its weights on `data_dir`,
     compare every metric, and record the outcome as `verified.json` in it."""
-    from languini.evaluate import evaluate_model, load_run_model
-
     folder = Path(bundle)
     if not (folder / "result.json").is_file() or not (folder / "config.toml").is_file():
         raise UserError(f"{folder} is not a bundle or finished run (it needs result.json and config.toml).")
     result = read_json(folder / "result.json", "Run result")
     if not isinstance(result, dict) or not isinstance(result.get("test"), dict):
         raise UserError(f"{folder / 'result.json'} holds no test metrics to verify.")
-    bundled = folder / "data_manifest.json"
-    manifest = read_json(bundled, "Bundled data manifest") if bundled.is_file() else None
+    manifest = read_manifest(folder, BUNDLED) if (folder / BUNDLED).is_file() else None
     data = PreparedData(data_dir)
     identity = _check_data(folder, result, manifest, data)
     state, record = _weights_of(folder, Path(weights) if weights is not None else None)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from languini.data import sources
-from languini.data.prepare import SPLITS, TrainingSample, prepare, split_of
+from languini.data.manifest import SPLITS
+from languini.data.prepare import TrainingSample, prepare, split_of
 from languini.data.shards import DocInfo, EncodedBatch, SplitWriter
 from languini.data.tokenizer import load_tokenizer
 from languini.errors import UserError

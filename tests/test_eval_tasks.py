@@ -8,7 +8,8 @@ import yaml
 
 from languini.data.loader import PreparedData
 from languini.errors import UserError
-from languini.eval_tasks import CLOZE, ROLLING, TASKS_DIR, ClozeSettings, Document, cloze_examples, documents, make_tasks
+from languini.data.derive import DecodedDocument as Document
+from languini.eval_tasks import CLOZE, ROLLING, TASKS_DIR, ClozeSettings, cloze_examples, documents, make_tasks
 
 
 def words(text):

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from helpers import fails, invoke, tiny_corpus
 from languini.cli import main
-from languini.data.identity import compute_identity, identify_run
+from languini.data.derive import compute_identity
+from languini.data.identity import identify_run
 from languini.data.loader import PreparedData
 from languini.io import sha256_file
 

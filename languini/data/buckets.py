@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from languini.data.minhash import similar
 from languini.errors import UserError
 
 RECORD = np.dtype([("key", "<u8"), ("pos", "<i8")])
@@ -224,8 +225,6 @@ def link(plan: LinkPlan, contamination: bool, outputs: tuple[tuple[str, bool], .
     (first) with a train document, as corpus rows. The cluster pass sees the train documents
     not in `work/excluded.npy` and writes pairs of train rows.
     """
-    from languini.data.minhash import similar
-
     work = Path(plan.work)
     parts = range(plan.parts) if contamination else [p for p in range(plan.parts) if plan.part_starts[p] < plan.n_train]
     parts = sorted(parts, key=lambda p: (plan.part_starts[p] + plan.n_eval) % plan.n_rows)  # in link order

@@ -28,7 +28,6 @@ recomputed, a `parent` and a `dedup` entry, and a new fingerprint.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -43,20 +42,17 @@ import numpy as np
 from tqdm import tqdm
 
 from languini.data.buckets import RECORD, WORKING_COPIES, DisjointSets, LinkPlan, link, memory_budget, pair_chunks, part_file, sorted_runs
-from languini.data.identity import identity_of
-from languini.data.loader import Documents, PreparedData, TokenStream
-from languini.data.minhash import MIN_NUM_PERM, MinHasher, band_keys, folded, lsh_params, s_curve
+from languini.data.derive import TASK_TOKENS, DocTable, batches, check_derived_out, decode_range, finish_derived, open_parent, write_train
+from languini.data.loader import Documents, PreparedData
+from languini.data.manifest import MANIFEST_FILE, SPLITS, Manifest
+from languini.data.minhash import MIN_NUM_PERM, MinHasher, band_keys, lsh_params, s_curve
 from languini.data.executors import executor, run_tasks
-from languini.data.prepare import FORMAT, SPLITS, stamp
-from languini.data.shards import DocInfo, EncodedBatch, SplitWriter
-from languini.data.tokenizer import Tokenizer, open_tokenizer
 from languini.errors import UserError
 from languini.io import atomic_dir, atomic_write_json
 
 SCOPES = ("local", "global")
-KINDS = ("exact", "near", "contamination")
+DUPLICATE_KINDS = ("exact", "near", "contamination")
 REPORT_FILE = "dedup.json"
-TASK_TOKENS = 1 << 20  # tokens a worker decodes and signs at a time
 PART_TOKENS = 1 << 26  # tokens of a signing part at most (one sorted run per column each)
 MIN_BLOCK = 1024  # records read from each run per merge round, at least
 CHUNK = 1 << 20  # documents per step where the driver scans all of them
@@ -108,24 +104,21 @@ def dedup(
     check_settings(scope, threshold, ngram, num_perm, workers)
     parent = open_parent(data_dir)
     out = Path(out)
-    check_out(parent.path, out, force)
+    check_derived_out(parent.path, out, force)
     bands, rows = lsh_params(threshold, num_perm)
     settings = Settings(scope, float(threshold), ngram, num_perm, bands, rows, seed, decontaminate, verify)
     workers = workers or os.cpu_count() or 1
     budget = memory_budget(memory_limit)
-    folded()  # built once here, inherited by the forked workers
     with atomic_dir(out) as tmp, executor(executor_kind, workers) as pool:
         work = tmp / _WORK
         work.mkdir()
-        corpus = read_corpus(parent, SPLITS if decontaminate else ("train",), MinHasher(num_perm, ngram, seed), settings, work, pool,
+        corpus = sign_corpus(parent, SPLITS if decontaminate else ("train",), MinHasher(num_perm, ngram, seed), settings, work, pool,
                              workers, budget, progress)
         decision = decide(corpus, settings, link_plan(corpus, settings, work, workers, budget), pool, workers, progress)
         train = write_train(parent, corpus.train_table(), decision.removed, tmp, progress)
         shutil.rmtree(work)  # memory maps stay readable until dropped; the folder moves clean
-        copy_unchanged(parent, tmp)
-        manifest = child_manifest(parent, train, "dedup", asdict(settings))
-        report = build_report(parent, out, manifest, settings, corpus, decision)
-        atomic_write_json(tmp / "manifest.json", manifest)
+        manifest = finish_derived(parent, tmp, train, "dedup", asdict(settings))
+        report = build_report(out, manifest, settings, corpus, decision)
         atomic_write_json(tmp / REPORT_FILE, report)
     return report
 
@@ -135,10 +128,10 @@ def deduplicated(parent: PreparedData, settings: dict[str, Any], progress: bool 
     folder beside it named for the parent and the settings, and reused from then on."""
     key = hashlib.sha256(json.dumps({"parent": parent.fingerprint, **settings}, sort_keys=True).encode()).hexdigest()
     out = parent.path.parent / f"{parent.path.name}.dedup-{key[:12]}"
-    if not (out / "manifest.json").is_file():
+    if not (out / MANIFEST_FILE).is_file():
         dedup(parent.path, out, progress=progress, **settings)
     child = PreparedData(out)
-    if child.manifest.get("parent", {}).get("fingerprint") != parent.fingerprint:
+    if child.manifest.parent_fingerprint != parent.fingerprint:
         raise UserError(f"{out} holds another dataset than {parent.path} deduplicated; move it away.")
     return child
 
@@ -157,53 +150,8 @@ def check_settings(scope: str, threshold: float, ngram: int, num_perm: int, work
         raise UserError(f"workers must be at least 1, got {workers}.")
 
 
-def open_parent(data_dir: str | Path) -> PreparedData:
-    path = Path(data_dir)
-    if not path.is_dir():
-        raise UserError(f"prepared data folder not found: {path}")
-    if not (path / "manifest.json").is_file():
-        raise UserError(f"{path} is not a prepared dataset (it has no manifest.json); make one with `languini data prepare`.")
-    data = PreparedData(path)
-    if data.manifest.get("format") != FORMAT:
-        raise UserError(f"{path} holds data of format {data.manifest.get('format')!r}, not {FORMAT}; prepare it again.")
-    return data
-
-
-def check_out(parent: Path, out: Path, force: bool) -> None:
-    """Never rewrite in place, never replace what is not ours, replace a dataset only if forced."""
-    source, target = parent.resolve(), out.resolve()
-    if target == source or target in source.parents:
-        raise UserError(f"--out {out} would replace the input {parent}; deduplication writes a new folder, choose another --out.")
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder.")
-    if not (out / "manifest.json").exists() and any(out.iterdir()):
-        raise UserError(f"--out {out} holds other files and no languini dataset; choose an empty or new folder.")
-    if not force and any(out.iterdir()):
-        raise UserError(f"--out {out} already holds a dataset; pass --force to replace it or choose another --out.")
-
-
-@dataclass(frozen=True)
-class DocTable:
-    """Per train document of a parent, in stream order: what the split writer sums."""
-
-    offsets: np.ndarray  # n + 1 token offsets into the train stream (each document ends with its EOD)
-    domains: np.ndarray  # index into the manifest's domains
-    ids: list[str]
-    n_bytes: np.ndarray  # UTF-8 bytes of the decoded text
-    n_chars: np.ndarray
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
 @dataclass
-class Corpus:
+class SignedCorpus:
     """Stage one's result. Corpus rows number the signed documents: train first, then any
     evaluation splits, in stream order. Link order (`pos`, see `buckets`) puts the evaluation
     documents first, so that they head the buckets they share with train documents."""
@@ -251,8 +199,8 @@ class SignedPart:
     n_chars: np.ndarray
 
 
-def read_corpus(data: PreparedData, splits: Sequence[str], hasher: MinHasher, settings: Settings, work: Path, pool: Any,
-                workers: int, budget: int, progress: bool) -> Corpus:
+def sign_corpus(data: PreparedData, splits: Sequence[str], hasher: MinHasher, settings: Settings, work: Path, pool: Any,
+                workers: int, budget: int, progress: bool) -> SignedCorpus:
     """Stage one over `splits`: each part of the corpus signed by a worker into `work`."""
     docs = {name: data.documents(name) for name in splits}
     parts = list(plan_parts(docs, settings.bands + 1, workers, budget))
@@ -262,7 +210,7 @@ def read_corpus(data: PreparedData, splits: Sequence[str], hasher: MinHasher, se
     split_starts = dict(zip(splits, np.cumsum([0] + counts)))
     rows = np.lib.format.open_memmap(work / "rows.npy", mode="w+", dtype=ROW, shape=(total,))
     tasks = (
-        partial(sign_part, str(data.path), data.fingerprint, name, docs[name].offsets[lo : hi + 1], str(work), p,
+        partial(sign_part, str(data.path), name, docs[name].offsets[lo : hi + 1], str(work), p,
                 (int(split_starts[name]) + lo + total - n_train) % total, hasher, settings.bands, settings.rows)
         for p, (name, lo, hi) in enumerate(parts)
     )
@@ -272,7 +220,7 @@ def read_corpus(data: PreparedData, splits: Sequence[str], hasher: MinHasher, se
             rows["exact"][lo:hi], rows["n_bytes"][lo:hi], rows["n_chars"][lo:hi] = part.exact, part.n_bytes, part.n_chars
             bar.update(hi - lo)
     rows.flush()
-    return Corpus(docs, np.load(work / "rows.npy", mmap_mode="r"), starts)
+    return SignedCorpus(docs, np.load(work / "rows.npy", mmap_mode="r"), starts)
 
 
 def plan_parts(docs: dict[str, Documents], columns: int, workers: int, budget: int) -> Iterator[tuple[str, int, int]]:
@@ -288,43 +236,27 @@ def plan_parts(docs: dict[str, Documents], columns: int, workers: int, budget: i
             yield name, lo, hi
 
 
-def batches(offsets: np.ndarray, tokens: int, max_docs: int | None = None) -> Iterator[tuple[int, int]]:
-    """Consecutive document ranges [lo, hi) of about `tokens` tokens (at least one document,
-    at most `max_docs`)."""
-    lo, n = 0, len(offsets) - 1
-    while lo < n:
-        hi = max(lo + 1, int(np.searchsorted(offsets, offsets[lo] + tokens, side="right")) - 1)
-        hi = min(hi, lo + max_docs) if max_docs else hi
-        yield lo, hi
-        lo = hi
-
-
-@functools.lru_cache(maxsize=4)
-def _split_reader(path: str, data_fingerprint: str, split: str) -> tuple[TokenStream, Tokenizer]:
-    """Per process: a split's token stream and the tokenizer, opened once (the fingerprint
-    keeps a replaced dataset from being read through a stale cache)."""
-    data = PreparedData(path)
-    return data.stream(split), open_tokenizer(data.manifest["tokenizer"], data.path, threads=1)
-
-
-def sign_part(path: str, data_fingerprint: str, split: str, offsets: np.ndarray, work: str, part: int, first_pos: int,
-              hasher: MinHasher, bands: int, rows: int) -> SignedPart:
+def sign_part(path: str, split: str, offsets: np.ndarray, work: str, part: int, first_pos: int, hasher: MinHasher,
+              bands: int, rows: int) -> SignedPart:
     """Stage one for the documents between `offsets` (run by a worker): decode and sign them a
     batch at a time into the part's signatures file, then write its sorted runs (exact hashes
-    and band keys, each with the documents' link positions)."""
-    stream, tok = _split_reader(path, data_fingerprint, split)
+    and band keys, each with the documents' link positions). The task opens the split and a
+    one-thread tokenizer itself (the worker processes are the parallelism): milliseconds,
+    beside signing a part."""
+    data = PreparedData(path)
+    stream, tok = data.stream(split), data.open_tokenizer(threads=1)
     n = len(offsets) - 1
     signatures = np.lib.format.open_memmap(part_file(Path(work), "signatures", part), mode="w+", dtype=np.uint32, shape=(n, hasher.num_perm))
     keys = np.empty((n, bands + 1), dtype=np.uint64)
     n_bytes, n_chars = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
-    for lo, hi in batches(offsets, TASK_TOKENS):
-        tokens = stream.read(int(offsets[lo]), int(offsets[hi] - offsets[lo]))
-        bounds = offsets[lo : hi + 1] - offsets[lo]
-        texts = [tok.decode(tokens[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    lo = 0
+    for texts in decode_range(stream, tok, offsets):
+        hi = lo + len(texts)
         keys[lo:hi, 0], signatures[lo:hi] = hasher.sign(texts)
         keys[lo:hi, 1:] = band_keys(signatures[lo:hi], bands, rows)
         n_bytes[lo:hi] = [len(t.encode("utf-8")) for t in texts]
         n_chars[lo:hi] = [len(t) for t in texts]
+        lo = hi
     signatures.flush()
     np.save(part_file(Path(work), "runs", part), sorted_runs(keys, first_pos + np.arange(n)))
     return SignedPart(keys[:, 0].copy(), n_bytes, n_chars)
@@ -332,7 +264,7 @@ def sign_part(path: str, data_fingerprint: str, split: str, offsets: np.ndarray,
 
 @dataclass(frozen=True)
 class Decision:
-    """Per train document why it goes (-1 stays, else an index into KINDS); for the removed
+    """Per train document why it goes (-1 stays, else an index into DUPLICATE_KINDS); for the removed
     ones, in row order, the corpus row of the document each duplicates (its cluster's first,
     or the evaluation document)."""
 
@@ -346,7 +278,7 @@ class Decision:
         return self.kind >= 0
 
 
-def decide(corpus: Corpus, settings: Settings, plan: LinkPlan, pool: Any, workers: int, progress: bool) -> Decision:
+def decide(corpus: SignedCorpus, settings: Settings, plan: LinkPlan, pool: Any, workers: int, progress: bool) -> Decision:
     """Stages two and three: contamination first, then clusters among the rest."""
     n, work = corpus.n_train, Path(plan.work)
     kind = np.full(n, -1, dtype=np.int8)
@@ -380,7 +312,7 @@ def decide(corpus: Corpus, settings: Settings, plan: LinkPlan, pool: Any, worker
     return Decision(kind, removed_rows[order], kept_rows[order], cross)
 
 
-def link_plan(corpus: Corpus, settings: Settings, work: Path, workers: int, budget: int) -> LinkPlan:
+def link_plan(corpus: SignedCorpus, settings: Settings, work: Path, workers: int, budget: int) -> LinkPlan:
     """What the link tasks share; each merges one run per part in a worker's share of `budget`."""
     np.save(work / "domains.npy", corpus.docs["train"].domains)
     parts = len(corpus.part_starts) - 1
@@ -408,63 +340,7 @@ def clusters(work: Path, name: str, n: int) -> np.ndarray:
     return sets.firsts()
 
 
-def write_train(parent: PreparedData, table: DocTable, removed: np.ndarray, folder: Path, progress: bool) -> dict[str, Any]:
-    """Stage four: the kept train documents, token for token, as a new train split (the
-    selection commands write their subsets with it too)."""
-    if removed.all():
-        raise UserError("every train document would be removed; lower the threshold or drop --decontaminate.")
-    manifest = parent.manifest
-    domains = manifest["domains"]
-    writer = SplitWriter(
-        folder / "train",
-        dtype=np.dtype(manifest["dtype"]),
-        eod_id=manifest["tokenizer"]["eod_id"],
-        domains=domains,
-        shard_tokens=manifest["settings"]["shard_tokens"],
-    )
-    stream, offsets, lengths_all = parent.stream("train"), table.offsets, table.tokens
-    with tqdm(total=len(removed), desc="write", unit=" docs", disable=not progress, file=sys.stderr) as bar:
-        for lo, hi in batches(offsets, TASK_TOKENS):
-            keep = ~removed[lo:hi]
-            lengths = lengths_all[lo:hi]
-            tokens = stream.read(int(offsets[lo]), int(offsets[hi] - offsets[lo]))[np.repeat(keep, lengths)]
-            rows = lo + np.flatnonzero(keep)
-            infos = [DocInfo(table.ids[i], domains[table.domains[i]], int(table.n_bytes[i]), int(table.n_chars[i]))
-                     for i in rows]
-            writer.add(EncodedBatch("train", tokens, lengths[keep].tolist(), infos))
-            bar.update(hi - lo)
-    return writer.close()
-
-
-def copy_unchanged(parent: PreparedData, folder: Path) -> None:
-    """Validation, test and the tokenizer file are the parent's, byte for byte."""
-    for name in SPLITS[1:]:
-        shutil.copytree(parent.path / name, folder / name)
-    model = parent.manifest["tokenizer"]["file"]
-    if model:
-        shutil.copy2(parent.path / model, folder / model)
-
-
-STAMPS = ("format", "languini_version", "created", "fingerprint", "evaluation_identity")
-PROVENANCE = ("parent", "dedup", "selection")  # what a derived dataset says about where it came from
-
-
-def child_manifest(parent: PreparedData, train: dict[str, Any], kind: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """The parent's manifest with the new train split, a `parent` entry, the `kind` entry
-    (`dedup`, or `selection`) holding `settings`, and a fingerprint of its own. The parent's own
-    provenance entries are dropped (its fingerprint leads to them), and where the parent lies
-    is not part of what the dataset is. The test split is the parent's, and so is the evaluation
-    identity."""
-    body = {key: value for key, value in parent.manifest.items() if key not in STAMPS + PROVENANCE}
-    body["splits"] = {**body["splits"], "train": train}
-    body["parent"] = {"fingerprint": parent.fingerprint}
-    body[kind] = settings
-    manifest = stamp(body, identity_of(parent))
-    manifest["parent"]["path"] = str(parent.path.resolve())
-    return manifest
-
-
-def build_report(parent: PreparedData, out: Path, manifest: dict[str, Any], settings: Settings, corpus: Corpus, decision: Decision) -> dict[str, Any]:
+def build_report(out: Path, manifest: Manifest, settings: Settings, corpus: SignedCorpus, decision: Decision) -> dict[str, Any]:
     """Settings, the S-curve, per-domain counts before/removed/after, and every removed
     document with the one it duplicates.
 
@@ -473,14 +349,14 @@ def build_report(parent: PreparedData, out: Path, manifest: dict[str, Any], sett
     the removed documents whose every duplicate lies in another domain, so that only global
     deduplication finds them (None for local scope).
     """
-    domains = manifest["domains"]
+    domains = manifest.domains
     sums = domain_sums(corpus, decision, len(domains))
     train_ids = corpus.docs["train"].ids
     train_domains = corpus.docs["train"].domains
     return {
-        "parent": manifest["parent"],
+        "parent": manifest.parent,
         "out": str(out),
-        "fingerprint": manifest["fingerprint"],
+        "fingerprint": manifest.fingerprint,
         "settings": asdict(settings),
         "s_curve": s_curve(settings.bands, settings.rows),
         "total": _counts(sums.sum(axis=0), decision),
@@ -490,7 +366,7 @@ def build_report(parent: PreparedData, out: Path, manifest: dict[str, Any], sett
                 "removed": train_ids[i],
                 "kept": corpus.docs[split].ids[index],
                 "kept_split": split,
-                "kind": KINDS[decision.kind[i]],
+                "kind": DUPLICATE_KINDS[decision.kind[i]],
                 "domain": domains[train_domains[i]],
             }
             for i, (split, index) in ((int(i), corpus.locate(int(k))) for i, k in zip(decision.removed_rows, decision.kept))
@@ -498,10 +374,10 @@ def build_report(parent: PreparedData, out: Path, manifest: dict[str, Any], sett
     }
 
 
-_SUMS = ("documents_before", "documents_removed", "tokens_before", "tokens_removed", *KINDS, "cross_domain")
+_SUMS = ("documents_before", "documents_removed", "tokens_before", "tokens_removed", *DUPLICATE_KINDS, "cross_domain")
 
 
-def domain_sums(corpus: Corpus, decision: Decision, n_domains: int) -> np.ndarray:
+def domain_sums(corpus: SignedCorpus, decision: Decision, n_domains: int) -> np.ndarray:
     """(domains, _SUMS) int64 counts over the train documents, a chunk of them at a time."""
     train = corpus.docs["train"]
     sums = np.zeros((n_domains, len(_SUMS)), dtype=np.float64)
@@ -509,7 +385,7 @@ def domain_sums(corpus: Corpus, decision: Decision, n_domains: int) -> np.ndarra
         hi = min(lo + CHUNK, corpus.n_train)
         domain, kind, tokens = train.domains[lo:hi], decision.kind[lo:hi], np.diff(train.offsets[lo : hi + 1])
         cross = decision.cross_domain[lo:hi] if decision.cross_domain is not None else np.zeros(hi - lo, dtype=bool)
-        weights = (None, kind >= 0, tokens, tokens * (kind >= 0), *(kind == i for i in range(len(KINDS))), cross)
+        weights = (None, kind >= 0, tokens, tokens * (kind >= 0), *(kind == i for i in range(len(DUPLICATE_KINDS))), cross)
         sums += np.stack([np.bincount(domain, w, minlength=n_domains) for w in weights], axis=1)
     return sums.round().astype(np.int64)
 
@@ -523,7 +399,7 @@ def _counts(sums: np.ndarray, decision: Decision) -> dict[str, int | None]:
         "tokens_before": c["tokens_before"],
         "tokens_removed": c["tokens_removed"],
         "tokens_after": c["tokens_before"] - c["tokens_removed"],
-        **{kind: c[kind] for kind in KINDS},
+        **{kind: c[kind] for kind in DUPLICATE_KINDS},
         "cross_domain": None if decision.cross_domain is None else c["cross_domain"],
     }
 

@@ -23,10 +23,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
+from languini.data.manifest import Manifest, read_manifest
+from languini.data.tokenizer import Tokenizer, open_tokenizer
 from languini.errors import UserError
-from languini.io import atomic_write_json, read_json, sha256_file
-
-SPLITS = ("train", "validation", "test")
+from languini.io import atomic_write_json, sha256_file
 
 
 class TokenStream:
@@ -147,30 +147,31 @@ class PreparedData:
         self.path = Path(path)
         if not self.path.is_dir():
             raise UserError(f"Prepared data folder not found: {self.path}")
-        self.manifest: dict[str, Any] = manifest or read_json(self.path / "manifest.json", "Data manifest")
+        self.manifest = Manifest(manifest) if manifest else read_manifest(self.path)
 
     @property
     def fingerprint(self) -> str:
-        return str(self.manifest["fingerprint"])
+        return self.manifest.fingerprint
 
     @property
     def vocab_size(self) -> int:
-        return int(self.manifest["tokenizer"]["vocab_size"])
+        return self.manifest.vocab_size
 
     @property
     def domains(self) -> list[str]:
-        return list(self.manifest["domains"])
+        return self.manifest.domains
 
     @cached_property
-    def tokenizer(self):
-        from languini.data.tokenizer import open_tokenizer
+    def tokenizer(self) -> Tokenizer:
+        return self.open_tokenizer()
 
-        return open_tokenizer(self.manifest["tokenizer"], self.path)
+    def open_tokenizer(self, threads: int | None = None) -> Tokenizer:
+        """A tokenizer of its own (`tokenizer` is the one this object keeps): a worker opens one
+        with one thread, since the worker processes are the parallelism."""
+        return open_tokenizer(self.manifest.tokenizer, self.path, threads)
 
     def _check_split(self, split: str) -> dict[str, Any]:
-        if split not in self.manifest["splits"]:
-            raise UserError(f"Split '{split}' is not in {self.path} (has: {', '.join(self.manifest['splits'])}).")
-        return self.manifest["splits"][split]
+        return self.manifest.split(split, self.path)
 
     def stream(self, split: str) -> TokenStream:
         info = self._check_split(split)
@@ -213,12 +214,6 @@ class PreparedData:
         if todo:
             stamp.record(split, {f: state for f, state in states.items() if state[2] < started - RACY_NS})
         return bool(todo)
-
-    def texts(self, split: str) -> Iterator[str]:
-        """Each document of a split decoded, in stream order: the text its metrics count."""
-        docs, stream, tok = self.documents(split), self.stream(split), self.tokenizer
-        for lo, hi in zip(docs.offsets[:-1].tolist(), docs.offsets[1:].tolist()):
-            yield tok.decode(stream.read(lo, hi - lo))  # decode drops the end-of-document id
 
     def documents(self, split: str) -> Documents:
         self._check_split(split)

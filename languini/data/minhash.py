@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -90,13 +90,21 @@ class MinHasher:
         self.a = (rng.integers(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1))[:, None]  # odd: a bijection
         self.b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint32)[:, None]
         self.q = rng.integers(1 << 32, 1 << 63, dtype=np.uint64) | _U64(1)  # the polynomial hashes' base; odd, so invertible mod 2**64
+        self.separators = folded()  # carried to the workers, so none builds it (a second of work) again
         self._powers = np.ones(1, dtype=np.uint64)  # q**i and q**-i mod 2**64, grown on demand
         self._inverse = np.ones(1, dtype=np.uint64)
 
-    def __reduce__(self):
-        """Pickle the settings, not the power tables: a worker unpickles every task's hasher
-        as the one hasher it keeps per setting, whose tables are grown once."""
-        return shared_hasher, (self.num_perm, self.ngram, self.seed)
+    def __getstate__(self) -> dict[str, Any]:
+        """Tasks carry the separator table packed to bits, and not the power tables, which a
+        task grows again as its texts need them (a cumulative product: cheap beside signing)."""
+        state = {k: v for k, v in vars(self).items() if k not in ("_powers", "_inverse")}
+        state["separators"] = np.packbits(self.separators)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        vars(self).update(state)
+        self.separators = np.unpackbits(state["separators"]).astype(bool)
+        self._powers, self._inverse = np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64)
 
     def sign(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(exact, signatures): a 64-bit hash of each text's normalised words, equal for exact
@@ -116,7 +124,7 @@ class MinHasher:
         cased = [_cased(t) for t in texts]
         points = np.frombuffer("\n".join(cased).encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
         text_starts = np.cumsum([0] + [len(t) + 1 for t in cased[:-1]])
-        inside = ~folded()[points]
+        inside = ~self.separators[points]
         edges = np.diff(inside.astype(np.int8), prepend=0, append=0)
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         hashes = self._span_hashes(points.astype(np.uint64), starts, ends)
@@ -165,11 +173,6 @@ class MinHasher:
             return
         size = max(n, 2 * len(self._powers))
         self._powers, self._inverse = _power_table(self.q, size), _power_table(_U64(pow(int(self.q), -1, 1 << 64)), size)
-
-
-@functools.lru_cache(maxsize=4)
-def shared_hasher(num_perm: int, ngram: int, seed: int) -> MinHasher:
-    return MinHasher(num_perm, ngram, seed)
 
 
 def _power_table(base: np.uint64, n: int) -> np.ndarray:

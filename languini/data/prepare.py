@@ -20,27 +20,24 @@ import os
 import sys
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from functools import partial
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from languini import __version__
+from languini.data.derive import compute_identity
 from languini.data.executors import Executor, executor, run_tasks
-from languini.data.identity import compute_identity
 from languini.data.loader import PreparedData
+from languini.data.manifest import MANIFEST_FILE, SPLITS, read_manifest, stamp
 from languini.data.shards import DEFAULT_SHARD_TOKENS, DocInfo, EncodedBatch, SplitWriter, token_dtype
 from languini.data.sources import Batch, BadRecordError, Document, JsonlSlice, LineNumbers, ReadOptions, Source, Task, parse_source, read_tasks
 from languini.data.tokenizer import Tokenizer, check_tokenizer_name, make_tokenizer, needs_training, open_tokenizer
 from languini.errors import UserError
-from languini.io import atomic_dir, atomic_write_json, read_json, to_json
+from languini.io import atomic_dir, atomic_write_json
 
-FORMAT = "languini-data/1"
-SPLITS = ("train", "validation", "test")
 DEFAULT_SAMPLE_BYTES = 2_000_000
 """Train text the SentencePiece trainer sees. Training runs on one core while the others
 wait, so it is kept small; on the stdlib an 8k vocabulary trained on 2 MB needs only 0.6%
@@ -106,7 +103,7 @@ def prepare(
         splits = write_splits(reading, corpus, tok, tmp, shard_tokens, pool, workers, progress)
         manifest = build_manifest(request, corpus, tok, splits, tmp)
         check_out(out, request, manifest["fingerprint"], force)
-        atomic_write_json(tmp / "manifest.json", manifest)
+        atomic_write_json(tmp / MANIFEST_FILE, manifest)
     return manifest
 
 
@@ -348,17 +345,14 @@ def write_splits(reading: Reading, corpus: Corpus, tok: Tokenizer, folder: Path,
     dtype = token_dtype(tok.vocab_size)
     writers = {name: SplitWriter(folder / name, dtype=dtype, eod_id=tok.eod_id, domains=domains, shard_tokens=shard_tokens) for name in SPLITS}
     entry = tok.manifest_entry()
-    try:
-        with tqdm(total=sum(corpus.documents.values()), desc="encode", unit=" docs", disable=not progress, file=sys.stderr) as bar:
-            for batches in run_tasks(pool, (partial(encode_task, reading.fractions, entry, folder, task) for task in numbered(reading, corpus)), window=2 * workers):
-                for batch in batches:
-                    try:
-                        writers[batch.split].add(batch)
-                    except KeyError:  # a domain pass one did not see
-                        raise SourcesChanged() from None
-                    bar.update(len(batch.docs))
-    finally:
-        _TOKENIZERS.clear()
+    with tqdm(total=sum(corpus.documents.values()), desc="encode", unit=" docs", disable=not progress, file=sys.stderr) as bar:
+        for batches in run_tasks(pool, (partial(encode_task, reading.fractions, entry, folder, task) for task in numbered(reading, corpus)), window=2 * workers):
+            for batch in batches:
+                try:
+                    writers[batch.split].add(batch)
+                except KeyError:  # a domain pass one did not see
+                    raise SourcesChanged() from None
+                bar.update(len(batch.docs))
     splits = {name: writer.close() for name, writer in writers.items()}
     if any(splits[name]["documents"] != corpus.documents[name] for name in SPLITS):
         raise SourcesChanged()
@@ -385,19 +379,14 @@ class SourcesChanged(UserError):
         super().__init__("the sources changed while they were being prepared; prepare them again once they are complete.")
 
 
-_TOKENIZERS: dict[str, Tokenizer] = {}  # per process: the tokenizer of the dataset being encoded
-
-
 def encode_task(fractions: Sequence[float], entry: dict[str, Any], folder: Path, task: Task) -> list[EncodedBatch]:
     """Read one task's documents and tokenise them, one batch per split (run by a worker).
 
-    A worker opens the tokenizer once, with one thread: the worker processes are the
-    parallelism, and they also share the Python work around the encoder.
+    The task opens the tokenizer itself, with one thread: the worker processes are the
+    parallelism, and they also share the Python work around the encoder. Opening takes
+    milliseconds, beside encoding a task's megabytes of text.
     """
-    key = f"{folder}:{entry['sha256']}"
-    if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = open_tokenizer(entry, folder, threads=1)
-    tok = _TOKENIZERS[key]
+    tok = open_tokenizer(entry, folder, threads=1)
     by_split: dict[str, list[tuple[Document, int]]] = {name: [] for name in SPLITS}
     for doc, data, name in kept(task(), fractions):
         by_split[name].append((doc, len(data)))
@@ -429,27 +418,6 @@ def build_manifest(request: dict[str, Any], corpus: Corpus, tok: Tokenizer, spli
     return stamp(body, compute_identity(PreparedData(folder, body)))
 
 
-def stamp(body: dict[str, Any], evaluation_identity: str) -> dict[str, Any]:
-    """A manifest: the body behind its format, version, creation time, fingerprint and
-    evaluation identity. The identity stays outside the fingerprint: it follows from the test
-    shards and tokenizer the fingerprint covers (and the protocol), so a new protocol version
-    does not make the same data a different dataset."""
-    return {
-        "format": FORMAT,
-        "languini_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "fingerprint": fingerprint(body),
-        "evaluation_identity": evaluation_identity,
-        **body,
-    }
-
-
-def fingerprint(body: dict[str, Any]) -> str:
-    """sha256 over what was asked and what came out (token and index hashes, counts), not
-    when or by which version: equal fingerprints mean interchangeable datasets."""
-    return hashlib.sha256((FORMAT + to_json(body)).encode("utf-8")).hexdigest()
-
-
 def check_out(out: Path, request: dict[str, Any], new_fingerprint: str | None, force: bool) -> None:
     """Refuse to replace a different dataset unless forced.
 
@@ -465,7 +433,7 @@ def check_out(out: Path, request: dict[str, Any], new_fingerprint: str | None, f
         raise UserError(f"{out} already holds a dataset prepared with these settings from different input data; pass --force to replace it.")
 
 
-def _existing_manifest(out: Path) -> dict[str, Any] | None:
+def _existing_manifest(out: Path) -> Mapping[str, Any] | None:
     """The manifest at `out` ({} when damaged), None when `out` is free to use.
 
     A non-empty folder without a manifest is refused even with --force: it is not ours to
@@ -475,13 +443,11 @@ def _existing_manifest(out: Path) -> dict[str, Any] | None:
         return None
     if not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder.")
-    path = out / "manifest.json"
-    if not path.exists():
+    if not (out / MANIFEST_FILE).exists():
         if any(out.iterdir()):
             raise UserError(f"--out {out} holds other files and no languini dataset; choose an empty or new folder.")
         return None
     try:
-        manifest = read_json(path, "data manifest")
+        return read_manifest(out)
     except UserError:
         return {}
-    return manifest if isinstance(manifest, dict) else {}

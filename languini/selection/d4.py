@@ -29,8 +29,9 @@ from tqdm import tqdm
 from languini import device as devices
 from languini.data.loader import PreparedData
 from languini.errors import UserError
+from languini.data.derive import DocTable, texts, write_derived
 from languini.mix import Mix, SelectionCost, write_mix
-from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
+from languini.selection.derive import REPORT_FILE, counts, open_selection, token_shares
 from languini.selection.models import (SelectionModel, cost, load_selection_model, selection_table, selection_warnings,
                                       total_cost)
 
@@ -60,13 +61,13 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
     if external:
         name = str(embedder)[len(SENTENCE_TRANSFORMERS):]
         emb = sentence_embeddings(name, parent, table, batch_size, dev, progress)
-        identity = {"sentence_transformers": name}
+        provenance = {"sentence_transformers": name}
         spent = SelectionCost(rule=f"{embedder} was not trained by the harness; its compute is not counted")
         warnings = []
     else:
         model = load_selection_model(embedder, parent, dev)
         emb, forward = run_embeddings(model, parent, table, batch_size, dev, progress)
-        identity = {**model.identity(), "run": str(model.run)}
+        provenance = {**model.provenance(), "run": str(model.run)}
         spent = total_cost({"embedder": cost(model.budget, model.result["tokens_trained"], forward)})
         warnings = selection_warnings("embedder", model, spent)
 
@@ -87,7 +88,7 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
         "method": "d4",
         "settings": {"clusters": clusters, "dedup_eps": dedup_eps, "keep": keep,
                      "seeds": {"cluster": seed, "recluster": seed + 1}, "reclusters": k2},
-        "embedder": {k: v for k, v in identity.items() if k != "run"},
+        "embedder": {k: v for k, v in provenance.items() if k != "run"},
         "documents": {"total": len(table), "after_semdedup": int(len(survivors)), "kept": int(keep_mask.sum())},
         "removed_by_stage": stage_counts(table, stage, parent.domains),
         "cost": spent.report(),
@@ -95,16 +96,16 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
         "shares": {"before": token_shares(table, np.ones(len(table), bool), parent.domains),
                    "after": token_shares(table, keep_mask, parent.domains)},
     }
-    report = {**selection, "embedder": identity,
+    report = {**selection, "embedder": provenance,
               "parent": {"path": str(parent.path), "fingerprint": parent.fingerprint},
               "out": str(out), "mix": str(mix_out), "counts": counts(table, keep_mask, parent.domains),
               "removed": removed(table, parent.domains, stage, labels, duplicate_of, similarity, survivors, labels2,
                                  centrality)}
-    manifest = write_derived(parent, table, keep_mask, out, selection, report, progress)
+    manifest = write_derived(parent, table, keep_mask, out, "selection", selection, {REPORT_FILE: report}, progress)
     write_mix(mix_out, Mix(out.name, "natural", max_epochs, str(out), selection_table(
-        "d4", parent, spent, charge_selection, embedder=str(identity.get("run", embedder)), clusters=clusters,
+        "d4", parent, spent, charge_selection, embedder=str(provenance.get("run", embedder)), clusters=clusters,
         dedup_eps=dedup_eps, keep=keep, seed=seed, report=str((out / REPORT_FILE).resolve()))))
-    return {**report, "fingerprint": manifest["fingerprint"]}
+    return {**report, "fingerprint": manifest.fingerprint}
 
 
 def check_settings(clusters: int, dedup_eps: float, keep: float) -> None:
@@ -179,9 +180,7 @@ def sentence_embeddings(name: str, data: PreparedData, table: DocTable, batch_si
         model = SentenceTransformer(name, device=str(dev))
     except OSError as e:
         raise UserError(f"Could not load the sentence-transformers model '{name}' ({e}).") from None
-    stream, tok = data.stream("train"), data.tokenizer
-    texts = [tok.decode(stream.read(int(table.offsets[i]), int(table.tokens[i]))) for i in range(len(table))]
-    emb = model.encode(texts, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+    emb = model.encode(list(texts(data, "train")), batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
     return unit(np.asarray(emb, dtype=np.float32))
 
 

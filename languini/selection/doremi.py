@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from languini import device as devices
-from languini.data.dedup import open_parent
+from languini.data.derive import open_parent
 from languini.data.loader import MixedStreams, PreparedData
 from languini.distributed import World
 from languini.errors import UserError

@@ -55,7 +55,7 @@ class SelectionModel:
     budget: dict[str, Any]
     checkpoint_sha256: str
 
-    def identity(self) -> dict[str, Any]:
+    def provenance(self) -> dict[str, Any]:
         """What the selection depended on: recorded in the derived dataset's manifest."""
         r = self.result
         return {"family": r["family"], "config": r["config"], "compute_class": r["compute_class"],
@@ -69,7 +69,7 @@ def load_selection_model(run_dir: str | Path, data: PreparedData, dev: torch.dev
         raise UserError(f"Run {run.path} has not finished (no result.json); train it to the end or give another run.")
     cfg = run.read_config()
     run_data = PreparedData(cfg.data)
-    if run_data.manifest["tokenizer"]["sha256"] != data.manifest["tokenizer"]["sha256"]:
+    if run_data.manifest.tokenizer_sha256 != data.manifest.tokenizer_sha256:
         raise UserError(f"Run {run.path} was trained with another tokenizer than {data.path}'s; its scores would "
                         "not mean anything there.")
     family = load_family(cfg.family)

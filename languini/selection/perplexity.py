@@ -25,9 +25,10 @@ import numpy as np
 from languini import device as devices
 from languini.data.loader import PreparedData
 from languini.errors import UserError
+from languini.data.derive import DocTable, write_derived
 from languini.evaluate import score_model
 from languini.mix import Mix, SelectionCost, write_mix
-from languini.selection.derive import REPORT_FILE, DocTable, counts, open_selection, token_shares, write_derived
+from languini.selection.derive import REPORT_FILE, counts, open_selection, token_shares
 from languini.selection.models import (SelectionModel, cost, load_selection_model, selection_table,
                                       selection_warnings, total_cost, train_model)
 from languini.throughput import Stability
@@ -59,8 +60,8 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
         if work.exists() and any(work.iterdir()) and not force:
             raise UserError(f"{work} holds the reference of an earlier selection; pass --force to replace it.")
         half = reference_half(table, seed)
-        write_derived(parent, table, half, work / "half", {"method": "perplexity-reference-half", "seed": seed},
-                      None, progress)
+        write_derived(parent, table, half, work / "half", "selection",
+                      {"method": "perplexity-reference-half", "seed": seed}, progress=progress)
         train_model(family, config, work / "half", train_reference_class, work / "reference", train_overrides,
                     stability, progress)
         reference_run, scored = work / "reference", ~half
@@ -75,7 +76,7 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
         "method": "perplexity",
         "settings": {"criterion": criterion, "keep": keep, "seed": seed,
                      "reference_trained_on_half": train_reference_class is not None},
-        "reference": {**ref.identity(), "in_sample": ref.result["data"]["fingerprint"] == parent.fingerprint},
+        "reference": {**ref.provenance(), "in_sample": ref.result["data"]["fingerprint"] == parent.fingerprint},
         "documents": {"total": len(table), "reference_half": int(len(table) - len(rows)), "scored": int(len(rows)),
                       "kept": int(len(kept_rows))},
         "cost": spent.report(),
@@ -88,11 +89,11 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
               "out": str(out), "mix": str(mix_out), "reference_run": str(ref.run),
               "counts": counts(table, keep_mask, parent.domains),
               "removed": removed(table, scored, rows, log_ppl, keep_mask, parent.domains)}
-    manifest = write_derived(parent, table, keep_mask, out, selection, report, progress)
+    manifest = write_derived(parent, table, keep_mask, out, "selection", selection, {REPORT_FILE: report}, progress)
     write_mix(mix_out, Mix(out.name, "natural", max_epochs, str(out), selection_table(
         "perplexity", parent, spent, charge_selection, criterion=criterion, keep=keep, seed=seed,
         reference_run=str(ref.run.resolve()), report=str((out / REPORT_FILE).resolve()))))
-    return {**report, "fingerprint": manifest["fingerprint"]}
+    return {**report, "fingerprint": manifest.fingerprint}
 
 
 def check_settings(criterion: str, keep: float, reference_run: Any, train_reference_class: Any) -> None:
