@@ -32,8 +32,9 @@ from languini.distributed import World, any_rank, barrier, broadcast, gather, ma
 from languini.data.loader import MixedStreams, PreparedData, StreamBatches
 from languini.errors import UserError, to_stderr
 from languini.family import Family, config_differences, config_hash, load_family, make_dataclass_strict
+from languini.io import atomic_write_json, read_json
 from languini.mixes import Mix, train_domain_tokens
-from languini.run import RunDir, result_warnings
+from languini.run import RunDir, RunResult
 from languini.throughput import Stability, check_stable, measure
 
 
@@ -361,10 +362,10 @@ def write_plan(run: RunDir, p: Plan) -> None:
         data=str(p.data.path.resolve()), data_fingerprint=p.data.fingerprint,
         model=dataclasses.asdict(p.model_cfg), train=dataclasses.asdict(p.tcfg),
     ))
-    run.write_json(run.throughput, p.certificate)
-    run.write_json(run.budget, p.budget.to_dict())
+    atomic_write_json(run.throughput, p.certificate)
+    atomic_write_json(run.budget, p.budget.to_dict())
     if p.mix is not None:
-        run.write_json(run.mix, p.mix.to_dict())
+        atomic_write_json(run.mix, p.mix.to_dict())
 
 
 def plan_of_run(run: RunDir) -> Plan:
@@ -376,11 +377,11 @@ def plan_of_run(run: RunDir) -> Plan:
     model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
     tcfg = make_dataclass_strict(TrainConfig, cfg.train, f"training config of {run.path}")
     data = PreparedData(cfg.data)
-    cert = run.read_json(run.throughput, "Throughput certificate")
-    stored = run.read_json(run.budget, "Budget")
+    cert = read_json(run.throughput, "Throughput certificate")
+    stored = read_json(run.budget, "Budget")
     budget = budget_from_certificate(get_class(cfg.compute_class), cert, stored.get("calibration"),
                                      charge=stored.get("charge"))
-    mix = parse_mix(run.read_json(run.mix, "Mix"), str(run.mix), "mix") if run.mix.exists() else None
+    mix = parse_mix(read_json(run.mix, "Mix"), str(run.mix), "mix") if run.mix.exists() else None
     return Plan(family, cfg.config_name, model_cfg, tcfg, data, cert, budget, mix)
 
 
@@ -517,9 +518,10 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool, ver
             "repeats": batches.repeats()},
         **evaluation,
     }
-    result["warnings"] = result_warnings(result, tcfg.warmup_steps)
-    run.write_json(run.result, result)
-    return result
+    final = RunResult.from_dict(result, run.result)
+    final.warnings = final.warnings_for(tcfg.warmup_steps)
+    final.write(run.result)
+    return final.to_dict()
 
 
 def _log_step(run: RunDir, writer: Any, c: Counters, lr: float, tokens_per_step: int, ref_tps: float) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from languini.data.loader import PreparedData
 from languini.errors import UserError
 from languini.io import read_json
+from languini.run import RunResult
 
 STREAMS = 16
 """Stateful models read the split as this many streams, each starting from a zero state.
@@ -116,4 +117,4 @@ def identify_run(folder: str | Path) -> Identified:
     folder = Path(folder)
     bundled = folder / "data_manifest.json"
     manifest = read_json(bundled, "Bundled data manifest") if bundled.is_file() else None
-    return identify_result(read_json(folder / "result.json", "Run result"), manifest)
+    return identify_result(RunResult.read(folder / "result.json").to_dict(), manifest)
