@@ -25,9 +25,7 @@ from languini.data.derive import document_table, identity_of
 from languini.data.loader import PreparedData, TokenStream
 from languini.data.manifest import STREAMS, dataset_name, default_stride
 from languini.distributed import World, sum_arrays
-from languini.errors import UserError
-from languini.family import load_family, make_dataclass_strict
-from languini.run import RunDir
+from languini.run import RunModel, load_run_model
 from languini.step import token_nll
 
 
@@ -40,42 +38,6 @@ class TokenScores:
 
 def _nll_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return token_nll(logits, targets), logits.argmax(-1) == targets
-
-
-@dataclass(frozen=True)
-class RunModel:
-    """A finished run's model in eval mode on its device, with the data it trained on."""
-
-    run: RunDir
-    family: str
-    model: torch.nn.Module
-    seq_len: int
-    data: PreparedData
-    device: torch.device
-
-
-def load_run_model(run_path: str | os.PathLike, device: str = "auto", data: PreparedData | None = None,
-                   weights: dict[str, torch.Tensor] | None = None) -> RunModel:
-    """Rebuild a run's model from config.toml and its last checkpoint; refuse changed data.
-
-    A reviewer re-scoring a submission bundle (which has no checkpoint, and names data on
-    another machine) passes the bundle's `weights` and the `data` to score on instead; the
-    caller then answers for that data being the right one."""
-    run = RunDir.open(run_path)
-    cfg = run.read_config()
-    family = load_family(cfg.family)
-    model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
-    if data is None:
-        data = PreparedData(cfg.data)
-        if data.fingerprint != cfg.data_fingerprint:
-            raise UserError(f"The data at {cfg.data} is not the data this run trained on (fingerprint differs).")
-    dev = devices.resolve(device)
-    model = family.build(model_cfg)
-    try:
-        model.load_state_dict(run.load_checkpoint()["model"] if weights is None else weights)
-    except RuntimeError as e:
-        raise UserError(f"The weights do not fit the model that {run.path}'s config builds ({e}).".replace("\n", " ")) from None
-    return RunModel(run, cfg.family, model.to(dev).eval(), model_cfg.seq_len, data, dev)
 
 
 def rolling_windows(n_tokens: int, seq_len: int, stride: int, first: int = 1) -> list[tuple[int, int, int]]:
@@ -237,7 +199,7 @@ def score_model(model: torch.nn.Module, tokens: np.ndarray, seq_len: int, dev: t
     return score_windows(model, tokens, seq_len, stride or default_stride(seq_len), batch_size, dev, progress, world)
 
 
-def evaluate_run(run_path, split: str = "test", batch_size: int = 64, stride: int | None = None,
+def evaluate_run(run_path: str | os.PathLike, split: str = "test", batch_size: int = 64, stride: int | None = None,
                  device: str = "auto", progress: bool = False, *, world: World) -> dict | None:
     """Score a finished run's checkpoint on a whole split, next to the train-split unigram.
 

@@ -28,9 +28,10 @@ from languini.config import load_run_config
 from languini.data.identity import SHORT, Identified, identify_result
 from languini.data.manifest import STREAMS, default_stride
 from languini.errors import UserError
-from languini.family import load_family, make_dataclass_strict
+from languini.evaluate import implied_nll_sums
 from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json
 from languini.mix import selection_row, selection_text
+from languini.run import RunResult, build_run_model
 from languini.verify import bundle_weights, verification_status
 
 FILES = ("config.toml", "throughput.json", "budget.json", "metrics.jsonl", "result.json")
@@ -61,8 +62,9 @@ class Entry:
         return not self.problems and self.identity is not None and self.identity.digest is not None
 
     @property
-    def result(self) -> dict[str, Any]:
-        return self.files.get("result.json") or {}
+    def result(self) -> RunResult | None:
+        """None where result.json is missing or is no run result (`problems` says which)."""
+        return self.files.get("result.json")
 
 
 def _read(entry: Entry) -> None:
@@ -76,6 +78,8 @@ def _read(entry: Entry) -> None:
                 entry.files[name] = load_run_config(path)
             elif name == "metrics.jsonl":
                 entry.files[name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            elif name == "result.json":
+                entry.files[name] = RunResult.from_dict(json.loads(path.read_text()), path)
             else:
                 entry.files[name] = json.loads(path.read_text())
         except (UserError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -112,12 +116,11 @@ def _check_certificate(e: Entry) -> None:
         e.fail("config-hash", f"the certificate is for '{cert.get('model')}', the run trained '{cfg.family}'")
         return
     try:
-        family = load_family(cfg.family)
-        model_cfg = make_dataclass_strict(family.config_class, cfg.model, "the run's model config")
+        _, model_cfg, model = build_run_model(cfg, e.path)
     except UserError as err:
         e.fail("config-hash", str(err))
         return
-    params = family.build(model_cfg).num_params()
+    params = model.num_params()
     if cert.get("params") != params:
         e.fail("certificate", f"params {cert.get('params')} is not the trained model's {params}")
     if why := model_mismatch(cert, cfg.family, model_cfg):
@@ -150,10 +153,10 @@ def _check_budget(e: Entry) -> None:
             e.fail("budget", f"{key} recomputed from the certificate is {recomputed.to_dict()[key]}, "
                    f"budget.json says {budget.get(key)}")
     step_tokens = recomputed.batch_size * recomputed.seq_len
-    trained = result.get("tokens_trained", -1)
+    trained = result.tokens_trained
     if not (0 <= recomputed.tokens - trained < step_tokens):
         e.fail("tokens", f"trained {trained} tokens, the budget is {recomputed.tokens} (one step is {step_tokens})")
-    if result.get("compute_class") != budget.get("compute_class"):
+    if result.compute_class != budget.get("compute_class"):
         e.fail("budget", "result.json and budget.json name different compute classes")
     logged = [m["step"] for m in e.files["metrics.jsonl"] if "split" not in m]
     if not logged or logged[-1] != recomputed.steps:
@@ -162,7 +165,8 @@ def _check_budget(e: Entry) -> None:
 
 
 def _check_evaluation(e: Entry) -> None:
-    test = e.result.get("test") or {}
+    result = e.result
+    test = result.test
     protocol = test.get("protocol") or {}
     if protocol.get("split") != "test" or not protocol.get("whole_split"):
         e.fail("evaluation", "the test metrics were not computed on the whole test split")
@@ -170,12 +174,12 @@ def _check_evaluation(e: Entry) -> None:
     if manifest is None:
         e.fail("evaluation", "the data manifest is not available to check the test split against")
         return
-    if manifest.get("fingerprint") != (e.result.get("data") or {}).get("fingerprint"):
+    if manifest.get("fingerprint") != result.data.get("fingerprint"):
         e.fail("evaluation", "the data manifest is not the one the run trained on")
     expected = manifest["splits"]["test"]["tokens"] - 1
     if test.get("tokens") != expected:
         e.fail("evaluation", f"scored {test.get('tokens')} test tokens, the whole split has {expected}")
-    if any(not math.isfinite(v) for v in _numbers(e.result)):
+    if any(not math.isfinite(v) for v in _numbers(result.to_dict())):
         e.fail("metrics", "result.json holds a NaN or infinite number")
         return
     _check_metrics_agree(e, test, manifest["splits"]["test"])
@@ -216,8 +220,6 @@ def _check_metrics_agree(e: Entry, test: dict[str, Any], split: dict[str, Any]) 
 
 def _agreeing_sum(e: Entry, where: str, m: dict[str, Any]) -> float:
     """The NLL sum that `m`'s metrics imply, after naming any metric that implies another."""
-    from languini.evaluate import implied_nll_sums
-
     sums = implied_nll_sums(m)
     base = sums["bits_per_byte"]
     for name in ("token_perplexity", "char_perplexity"):
@@ -233,12 +235,12 @@ def _agreeing_sum(e: Entry, where: str, m: dict[str, Any]) -> float:
 def _check_identity(e: Entry, manifest: dict[str, Any]) -> None:
     """Find the entry's evaluation identity; the result and its manifest must not disagree on
     it, and the result must have been scored under the protocol the identity names."""
-    e.identity = identify_result(e.result, manifest)
-    recorded, listed = e.result.get("evaluation_identity"), manifest.get("evaluation_identity")
+    e.identity = identify_result(e.result.to_dict(), manifest)
+    recorded, listed = e.result.evaluation_identity, manifest.get("evaluation_identity")
     if recorded and listed and recorded != listed:
         e.fail("evaluation", f"result.json names evaluation identity {recorded[:10]}, its data manifest "
                f"{listed[:10]}")
-    protocol = (e.result.get("test") or {}).get("protocol") or {}
+    protocol = e.result.test.get("protocol") or {}
     if protocol.get("streams") is not None:
         if protocol["streams"] != STREAMS:
             e.fail("evaluation", f"scored as {protocol['streams']} streams, the protocol says {STREAMS}")
@@ -306,17 +308,16 @@ def submit(run_dir: str | Path, out: str | Path, weights: bool = True) -> dict[s
 
 
 def row(e: Entry) -> dict[str, Any]:
-    r = e.result
-    test = r.get("test") or {}
-    compute, unit = trained_compute(r)
-    return {"run": e.run, "path": str(e.path), "family": r.get("family"), "config": r.get("config"),
-            "params": r.get("params"), "compute_class": r.get("compute_class"),
-            "tokens_trained": r.get("tokens_trained"), "reference_hours": r.get("reference_hours"),
-            "bits_per_byte": test.get("bits_per_byte"), "char_perplexity": test.get("char_perplexity"),
-            "device": r.get("device"), "mix": r.get("mix"), "selection": selection_row(r),
+    r: RunResult = e.result  # type: ignore[assignment]  # rows are made of entries whose result was read
+    compute, unit = trained_compute(r.to_dict())
+    return {"run": e.run, "path": str(e.path), "family": r.family, "config": r.config,
+            "params": r.params, "compute_class": r.compute_class,
+            "tokens_trained": r.tokens_trained, "reference_hours": r.reference_hours,
+            "bits_per_byte": r.test.get("bits_per_byte"), "char_perplexity": r.test.get("char_perplexity"),
+            "device": r.device, "mix": r.mix, "selection": selection_row(r.to_dict()),
             "evaluation_identity": e.identity.digest if e.identity else None,
             "dataset": e.identity.dataset if e.identity else None, "verified": e.verified is not None,
-            "compute": compute, "compute_unit": unit, "warnings": r.get("warnings", [])}
+            "compute": compute, "compute_unit": unit, "warnings": r.warnings}
 
 
 @dataclass
@@ -354,7 +355,7 @@ def group_entries(entries: Iterable[Entry]) -> list[Group]:
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in entries:
         if e.rankable:
-            groups.setdefault((e.identity.digest, e.result["compute_class"]), []).append(e)  # type: ignore[union-attr]
+            groups.setdefault((e.identity.digest, e.result.compute_class), []).append(e)  # type: ignore[union-attr]
     tables = [Group(identity, cls, sorted({e.identity.dataset for e in members}),  # type: ignore[union-attr]
                     sorted((row(e) for e in members), key=lambda r: r["bits_per_byte"]))
               for (identity, cls), members in groups.items()]

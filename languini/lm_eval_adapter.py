@@ -45,8 +45,10 @@ from tqdm import tqdm
 
 from languini import device as devices
 from languini.errors import UserError
-from languini.evaluate import load_run_model, rolling_windows
-from languini.run import RunDir
+from languini.eval_tasks import TASKS_DIR, default_out_dir
+from languini.evaluate import rolling_windows
+from languini.io import atomic_write_json, read_json
+from languini.run import RunDir, load_run_model
 from languini.step import token_nll
 
 RESULTS_FILE = "lm_eval.json"
@@ -291,8 +293,6 @@ def run_tasks(run_dir: str | os.PathLike, tasks: list[str], limit: int | None = 
     """
     from lm_eval import simple_evaluate
 
-    from languini.eval_tasks import TASKS_DIR, default_out_dir
-
     if limit is not None and limit < 1:  # lm-eval would read a limit below 1 as a fraction
         raise UserError(f"The limit must be a positive number of documents per task (got {limit}).")
     run = RunDir.open(run_dir)
@@ -304,8 +304,8 @@ def run_tasks(run_dir: str | os.PathLike, tasks: list[str], limit: int | None = 
     results = simple_evaluate(model=lm, tasks=loaded, task_manager=manager, limit=limit, log_samples=False)
     new = _json_safe(_task_results(results, lm.get_model_info(), limit))
     path = run.path / RESULTS_FILE
-    old = run.read_json(path, "lm-eval results")["tasks"] if path.exists() else {}
-    run.write_json(path, {"schema": RESULTS_SCHEMA, "tasks": {**old, **new}})
+    old = read_json(path, "lm-eval results")["tasks"] if path.exists() else {}
+    atomic_write_json(path, {"schema": RESULTS_SCHEMA, "tasks": {**old, **new}})
     return {"schema": RESULTS_SCHEMA, "tasks": new}
 
 

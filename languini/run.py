@@ -8,7 +8,11 @@
     RUN/tb/               TensorBoard events
     RUN/checkpoints/      last.pt and previous.pt, each with a .sha256 beside it
     RUN/.lock             held by the process training in the directory ("PID HOST" inside)
-    RUN/result.json       the schema-versioned result, written last: its presence means done
+    RUN/result.json       the schema-versioned result (`RunResult`), written last: its presence means done
+
+This module is also the one place that reads and writes result.json (`RunResult`) and the one
+way to rebuild a run's model (`build_run_model` from its config, `load_run_model` with its
+weights and data), so that every reader refuses the same things in the same words.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 
+from languini import device as devices
 from languini.config import RunConfig, load_run_config, to_toml
+from languini.data.loader import PreparedData
 from languini.errors import UserError
+from languini.family import Family, load_family, make_dataclass_strict
 from languini.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 
 RESULT_SCHEMA = 1
@@ -38,24 +45,105 @@ MIN_MODEL_STEPS = 300
 scores or weights are reported, with a warning."""
 
 
-def result_warnings(result: dict[str, Any], warmup_steps: int) -> list[str]:
-    """Why a finished run's numbers may not mean anything (result.json's `warnings`)."""
-    found = []
-    if result["steps"] < warmup_steps:
-        found.append(f"the run trained {result['steps']} steps, fewer than its {warmup_steps}-step warm-up: "
-                     "too short to say anything about the model")
-    test, unigram = result["test"]["bits_per_byte"], result["unigram_bits_per_byte"]
-    if not test < unigram:
-        found.append(f"test bits-per-byte {test:.4f} is not below the unigram baseline {unigram:.4f}: the model "
-                     "predicts no better than token frequencies")
-    return found
+@dataclass(kw_only=True)
+class RunResult:
+    """A finished run's result.json, typed: what the leaderboard, fits, verification and data
+    selection read. The keys (and their order) are those the trainer has always written, so every
+    existing run reads; keys added after the first runs have defaults, and keys this version does
+    not know are kept in `extra` and written back, so reading and writing loses nothing."""
+
+    schema: int = RESULT_SCHEMA
+    family: str
+    config: str
+    model_config: dict[str, Any]
+    params: int
+    compute_class: str
+    reference: str
+    device: str
+    device_factor: float
+    budget_mode: str | None = None
+    budget_tokens: int
+    steps: int
+    tokens_trained: int
+    reference_hours: float | None
+    budget_charge: dict[str, Any] | None = None  # budget.json's charge: a selection paid from the budget
+    wall_seconds: float
+    train_tokens_per_second: float
+    data_wait_fraction: float
+    epochs: float
+    final_train_loss: float
+    implementation: str | None
+    data: dict[str, Any]  # path and fingerprint of the data trained on
+    mix: str
+    mix_details: dict[str, Any] | None = None
+    test: dict[str, Any]  # evaluate's metrics of the test split, with by_domain and protocol
+    unigram_bits_per_byte: float
+    evaluation_identity: str | None = None  # absent where the test was not scored under the fixed protocol
+    dataset: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, obj: Any, where: str | os.PathLike) -> "RunResult":
+        """Check the schema and the keys every result has; `where` names the file in the refusal."""
+        if not isinstance(obj, dict):
+            raise UserError(f"{where} is not a run result (it holds no JSON object).")
+        schema = obj.get("schema")
+        if schema is None:
+            raise UserError(f"{where} names no schema: it is not a result.json written by languini.")
+        if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
+            raise UserError(f"{where} has the unknown schema {schema!r}; this languini reads schema {RESULT_SCHEMA}.")
+        if schema > RESULT_SCHEMA:
+            raise UserError(f"{where} has schema {schema}, newer than the {RESULT_SCHEMA} this languini reads; "
+                            "upgrade languini to read it.")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        missing = [f.name for f in fields(cls) if f.name in _REQUIRED and f.name not in obj]
+        if missing:
+            raise UserError(f"{where} lacks {', '.join(missing)}: it is not a finished run's result.")
+        for name in ("test", "data"):
+            if not isinstance(obj[name], dict):
+                raise UserError(f"{where} holds no {name} table (its '{name}' is {type(obj[name]).__name__}).")
+        return cls(**{k: v for k, v in obj.items() if k in known},
+                   extra={k: v for k, v in obj.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        """result.json's object, keys in the order the trainer writes them."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        for key in ("evaluation_identity", "dataset"):  # evaluate leaves both out off the fixed protocol
+            if out[key] is None:
+                del out[key]
+        return {**out, **self.extra}
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "RunResult":
+        return cls.from_dict(read_json(path, "Run result"), path)
+
+    def write(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    def warnings_for(self, warmup_steps: int) -> list[str]:
+        """Why a finished run's numbers may not mean anything (result.json's `warnings`)."""
+        found = []
+        if self.steps < warmup_steps:
+            found.append(f"the run trained {self.steps} steps, fewer than its {warmup_steps}-step warm-up: "
+                         "too short to say anything about the model")
+        test, unigram = self.test["bits_per_byte"], self.unigram_bits_per_byte
+        if not test < unigram:
+            found.append(f"test bits-per-byte {test:.4f} is not below the unigram baseline {unigram:.4f}: the model "
+                         "predicts no better than token frequencies")
+        return found
 
 
-def model_warnings(role: str, result: dict[str, Any], run: str | os.PathLike) -> list[str]:
-    """Why a selection model (a proxy, a reference, an embedder) may not mean anything."""
-    found = [f"the {role} ({run}): {w}" for w in result.get("warnings", [])]
-    if result["steps"] < MIN_MODEL_STEPS:
-        found.append(f"the {role} ({run}) trained only {result['steps']} steps, fewer than {MIN_MODEL_STEPS}: "
+_REQUIRED = frozenset(f.name for f in fields(RunResult)
+                      if f.default is MISSING and f.default_factory is MISSING)
+
+
+def model_warnings(role: str, run: str | os.PathLike, steps: int, warnings: Sequence[str] = ()) -> list[str]:
+    """Why a selection model (a proxy, a reference, an embedder) may not mean anything: its run's
+    own `warnings`, and too few `steps`."""
+    found = [f"the {role} ({run}): {w}" for w in warnings]
+    if steps < MIN_MODEL_STEPS:
+        found.append(f"the {role} ({run}) trained only {steps} steps, fewer than {MIN_MODEL_STEPS}: "
                      "what it selects says little")
     return found
 
@@ -238,8 +326,51 @@ class RunDir:
         finally:
             os.close(fd)
 
-    def write_json(self, path: Path, obj: Any) -> None:
-        atomic_write_json(path, obj)
+    def read_result(self) -> RunResult:
+        return RunResult.read(self.result)
 
-    def read_json(self, path: Path, what: str) -> Any:
-        return read_json(path, what)
+
+@dataclass(frozen=True)
+class RunModel:
+    """A finished run's model in eval mode on its device, with the data it trained on."""
+
+    run: RunDir
+    family: str
+    config: Any  # the family's model config
+    model: torch.nn.Module
+    data: PreparedData
+    device: torch.device
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+
+def build_run_model(cfg: RunConfig, where: str | os.PathLike) -> tuple[Family, Any, torch.nn.Module]:
+    """The family, model config and untrained model that a run's config describes; `where`
+    names the run in a refusal."""
+    family = load_family(cfg.family)
+    model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {where}")
+    return family, model_cfg, family.build(model_cfg)
+
+
+def load_run_model(run_path: str | os.PathLike, device: str | torch.device = "auto",
+                   data: PreparedData | None = None, weights: dict[str, torch.Tensor] | None = None) -> RunModel:
+    """Rebuild a run's model from config.toml and its last checkpoint; refuse changed data.
+
+    A reviewer re-scoring a submission bundle (which has no checkpoint, and names data on
+    another machine) passes the bundle's `weights` and the `data` to score on instead; the
+    caller then answers for that data being the right one."""
+    run = RunDir.open(run_path)
+    cfg = run.read_config()
+    family, model_cfg, model = build_run_model(cfg, run.path)
+    if data is None:
+        data = PreparedData(cfg.data)
+        if data.fingerprint != cfg.data_fingerprint:
+            raise UserError(f"The data at {cfg.data} is not the data this run trained on (fingerprint differs).")
+    dev = devices.resolve(str(device))
+    try:
+        model.load_state_dict(run.load_checkpoint()["model"] if weights is None else weights)
+    except RuntimeError as e:
+        raise UserError(f"The weights do not fit the model that {run.path}'s config builds ({e}).".replace("\n", " ")) from None
+    return RunModel(run, family.name, model_cfg, model.to(dev).eval(), data, dev)

@@ -34,8 +34,9 @@ import numpy as np
 from scipy.optimize import minimize
 
 from languini.compute import FLOPS, trained_compute
+from languini.data.identity import identify_run
 from languini.errors import UserError
-from languini.io import read_json
+from languini.run import RunResult
 
 HUBER_DELTA = 1e-3
 CONFIDENCE = 0.95
@@ -189,8 +190,6 @@ def check_one_evaluation(runs: Sequence[Path]) -> None:
     """Refuse runs scored on different test text or protocol (different evaluation
     identities): their losses do not lie on one curve. Runs none of whose identities can be
     found are let through, as tables are; one that cannot be found among ones that can is not."""
-    from languini.data.identity import identify_run
-
     found = {run: identify_run(run) for run in runs}
     by_identity: dict[str | None, list[str]] = {}
     for run, ident in found.items():
@@ -222,24 +221,24 @@ def _run_point(folder: Path, group_by: str, metric: str) -> Point:
     result_path = folder / "result.json"
     if not result_path.is_file():
         raise UserError(f"{folder} holds no result.json: it is not a finished run or a submission.")
-    r = read_json(result_path, "Run result")
+    r = RunResult.read(result_path)
     try:
-        group = f"{r['family']}/{r['config']}" if group_by == "config" else r[group_by]
-        return Point(group=str(group), loss=float(METRICS[metric][1](r["test"])), compute=_run_compute(r),
-                     params=float(r["params"]), tokens=float(r["tokens_trained"]), level=r.get("compute_class"),
-                     reference=r.get("reference"), source=str(folder))
+        group = f"{r.family}/{r.config}" if group_by == "config" else getattr(r, group_by)
+        return Point(group=str(group), loss=float(METRICS[metric][1](r.test)), compute=_run_compute(r),
+                     params=float(r.params), tokens=float(r.tokens_trained), level=r.compute_class,
+                     reference=r.reference, source=str(folder))
     except (KeyError, TypeError) as e:
         raise UserError(f"{result_path} lacks the field {e}; it is not a finished run's result.") from None
     except ValueError as e:
         raise UserError(f"{result_path} holds a value a fit cannot use ({e}).") from None
 
 
-def _run_compute(r: dict[str, Any]) -> float:
+def _run_compute(r: RunResult) -> float:
     """A run's compute in its class's unit (reference-hours or FLOPs): what it trained, plus a
     data selection's charged to its budget (a charged run spent its whole class; an uncharged
     one only what it trained)."""
-    charge = r.get("budget_charge") or {}
-    return trained_compute(r)[0] + (float(charge["charged"]) if "charged" in charge else 0.0)
+    charge = r.budget_charge or {}
+    return trained_compute(r.to_dict())[0] + (float(charge["charged"]) if "charged" in charge else 0.0)
 
 
 def check_columns(columns: dict[str, str]) -> dict[str, str]:

@@ -30,7 +30,7 @@ from languini.evaluate import evaluate_run, score_model
 from languini.family import config_hash
 from languini.io import atomic_write_json
 from languini.plan import Plan, plan_of_run
-from languini.run import RunDir, result_warnings
+from languini.run import RunDir, RunResult
 from languini.step import TrainStep, lr_at, state_to
 
 
@@ -281,9 +281,10 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool,
             "repeats": batches.repeats()},
         **evaluation,
     }
-    result["warnings"] = result_warnings(result, tcfg.warmup_steps)
-    atomic_write_json(run.result, result)
-    return result
+    final = RunResult.from_dict(result, run.result)
+    final.warnings = final.warnings_for(tcfg.warmup_steps)
+    final.write(run.result)
+    return final.to_dict()
 
 
 def _log_step(run: RunDir, writer: Any, c: Counters, lr: float, tokens_per_step: int, ref_tps: float) -> None:

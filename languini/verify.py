@@ -32,9 +32,9 @@ from languini.data.identity import identify_result
 from languini.data.loader import PreparedData
 from languini.data.manifest import BUNDLED, Manifest, read_manifest
 from languini.errors import UserError
-from languini.evaluate import evaluate_model, load_run_model
+from languini.evaluate import evaluate_model
 from languini.io import atomic_write_json, read_json, sha256_file
-from languini.run import RunDir
+from languini.run import RunDir, RunResult, load_run_model
 
 WEIGHTS_FILE = "weights.pt"
 WEIGHTS_RECORD = "weights.json"
@@ -121,19 +121,18 @@ def _differs(a: Any, b: Any, rtol: float) -> bool:
     return a != b
 
 
-def compare(result: dict[str, Any], recomputed: dict[str, Any], rtol: float, unigram: bool) -> list[str]:
+def compare(result: RunResult, recomputed: dict[str, Any], rtol: float, unigram: bool) -> list[str]:
     """Each metric of `result` that the recomputed evaluation does not reproduce, named."""
-    leaves = list(_paired_leaves(result.get("test") or {}, recomputed["test"], "test"))
+    leaves = list(_paired_leaves(result.test, recomputed["test"], "test"))
     if unigram:
-        leaves.append(("unigram_bits_per_byte", result.get("unigram_bits_per_byte"),
-                       recomputed["unigram_bits_per_byte"]))
+        leaves.append(("unigram_bits_per_byte", result.unigram_bits_per_byte, recomputed["unigram_bits_per_byte"]))
     return [f"{where}: recorded {a}, recomputed {b}" for where, a, b in leaves if _differs(a, b, rtol)]
 
 
-def _check_data(folder: Path, result: dict[str, Any], manifest: Manifest | None, data: PreparedData) -> str:
+def _check_data(folder: Path, result: RunResult, manifest: Manifest | None, data: PreparedData) -> str:
     """Refuse data that is not the test text and tokenizer the run was scored with; return the
     identity recomputed from its text (the manifest's word is not taken for it)."""
-    claimed = identify_result(result, manifest)
+    claimed = identify_result(result.to_dict(), manifest)
     actual = compute_identity(data)
     if claimed.digest and actual != claimed.digest:
         raise UserError(f"{data.path} is not the test set {folder.name} was scored on (evaluation identity "
@@ -158,9 +157,7 @@ def verify(bundle: str | Path, data_dir: str | Path, weights: str | Path | None 
     folder = Path(bundle)
     if not (folder / "result.json").is_file() or not (folder / "config.toml").is_file():
         raise UserError(f"{folder} is not a bundle or finished run (it needs result.json and config.toml).")
-    result = read_json(folder / "result.json", "Run result")
-    if not isinstance(result, dict) or not isinstance(result.get("test"), dict):
-        raise UserError(f"{folder / 'result.json'} holds no test metrics to verify.")
+    result = RunResult.read(folder / "result.json")
     manifest = read_manifest(folder, BUNDLED) if (folder / BUNDLED).is_file() else None
     data = PreparedData(data_dir)
     identity = _check_data(folder, result, manifest, data)
@@ -175,7 +172,7 @@ def verify(bundle: str | Path, data_dir: str | Path, weights: str | Path | None 
     else:
         rm = load_run_model(folder, str(dev), data=data, weights=state)
         recomputed = evaluate_model(rm, "test", batch_size, progress=progress)
-        same_data = data.fingerprint == (result.get("data") or {}).get("fingerprint")
+        same_data = data.fingerprint == result.data.get("fingerprint")
         mismatches = compare(result, recomputed, rtol, unigram=same_data)
     report = {
         "passed": not mismatches,

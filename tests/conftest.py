@@ -8,6 +8,7 @@ network: the hub switches are forced off and HF_HOME points into a temporary fol
 
 import json
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -70,3 +71,11 @@ def trained(tmp_path_factory):
     out = invoke("train", "--family", "gpt", "--config", "nano", "--data", data, "--class", "flops-3e11",
                  "--throughput", cert, "--out", run, "--no-progress", "--json")
     return {"data": data, "run": run, "cert": cert, "result": json.loads(out)}
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A copy of the shared trained run, for a test to edit."""
+    run = tmp_path / "run"
+    shutil.copytree(trained["run"], run)
+    return run

@@ -33,6 +33,13 @@ def invoke(*args):
     return result.stdout  # progress bars and lm-eval's logs go to stderr
 
 
+def edit_json(path, change):
+    """Change a JSON file in place, as a hand or a careless script would."""
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
 def fails(*args):
     """Run the CLI expecting a user error: non-zero exit, no traceback; returns the output."""
     from languini.cli import main

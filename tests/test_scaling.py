@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from languini import scaling
 from languini.cli import main
+from languini.run import RunResult
 
 EPOCH_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_svg_extracted_data.csv"
 POWER = scaling.LAWS["power"]
@@ -38,12 +39,18 @@ def write_csv(path, rows, columns=("group", "compute", "loss")):
 
 
 def write_run(folder, family="gpt", config="nano", compute=0.01, bpb=3.0, compute_class="cpu-1m", mix="natural"):
+    """A finished run's result.json holding what a fit reads, the rest filler; written as a
+    careless script would, so a NaN goes in."""
     folder.mkdir(parents=True)
-    (folder / "result.json").write_text(json.dumps({
-        "family": family, "config": config, "params": 1_000_000, "compute_class": compute_class,
-        "reference": "local", "tokens_trained": 500_000, "reference_hours": compute, "mix": mix,
-        "test": {"bits_per_byte": bpb, "token_perplexity": math.exp(bpb)},
-    }))
+    result = RunResult(
+        family=family, config=config, params=1_000_000, compute_class=compute_class,
+        reference="local", tokens_trained=500_000, reference_hours=compute, mix=mix,
+        test={"bits_per_byte": bpb, "token_perplexity": math.exp(bpb)},
+        model_config={}, device="cpu", device_factor=1.0, budget_tokens=500_000, steps=100, wall_seconds=1.0,
+        train_tokens_per_second=5e5, data_wait_fraction=0.0, epochs=1.0, final_train_loss=3.0, implementation=None,
+        data={"path": "data", "fingerprint": "f"}, unigram_bits_per_byte=5.0,
+    )
+    (folder / "result.json").write_text(json.dumps(result.to_dict()))
     return folder
 
 

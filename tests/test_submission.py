@@ -1,25 +1,11 @@
 """Submissions and the leaderboard: a good run passes; edited files are caught and named."""
 
 import json
-import shutil
 
 import pytest
 
-from helpers import fails, invoke
+from helpers import edit_json, fails, invoke
 from languini.leaderboard import check
-
-
-@pytest.fixture
-def run_copy(trained, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained["run"], run)
-    return run
-
-
-def edit_json(path, change):
-    obj = json.loads(path.read_text())
-    change(obj)
-    path.write_text(json.dumps(obj))
 
 
 def test_a_good_run_submits_and_leads(trained, tmp_path):

@@ -24,7 +24,7 @@ from languini.data.derive import identity_of
 from languini.data.loader import PreparedData
 from languini.data.manifest import BUNDLED, MANIFEST_FILE, Manifest, dataset_name, read_manifest
 from languini.errors import UserError
-from languini.io import read_json
+from languini.run import RunResult
 
 SHORT = 10  # hex digits of the identity shown in table headings
 
@@ -71,4 +71,4 @@ def identify_run(folder: str | Path) -> Identified:
     """`identify_result` for a run directory or bundle (a bundle carries its data manifest)."""
     folder = Path(folder)
     manifest = read_manifest(folder, BUNDLED) if (folder / BUNDLED).is_file() else None
-    return identify_result(read_json(folder / "result.json", "Run result"), manifest)
+    return identify_result(RunResult.read(folder / "result.json").to_dict(), manifest)

@@ -68,7 +68,7 @@ def select_d4(data_dir: str | Path, out: str | Path, *, embedder: str | Path, cl
         model = load_selection_model(embedder, parent, dev)
         emb, forward = run_embeddings(model, parent, table, batch_size, dev, progress)
         provenance = {**model.provenance(), "run": str(model.run)}
-        spent = total_cost({"embedder": cost(model.budget, model.result["tokens_trained"], forward)})
+        spent = total_cost({"embedder": cost(model.budget, model.result.tokens_trained, forward)})
         warnings = selection_warnings("embedder", model, spent)
 
     centroids, labels = spherical_kmeans(emb, clusters, seed)

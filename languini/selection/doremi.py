@@ -78,7 +78,7 @@ def doremi(data_dir: str | Path, out_mix: str | Path, *, family: str = "gpt", co
     reference = load_selection_model(work / "reference", data, dev)
     trajectory = train_proxy(p, reference.model, domains, eta, smoothing, work / "proxy", progress)
     spent = total_cost({
-        "reference": cost(reference.budget, reference.result["tokens_trained"], p.budget.tokens_trained),
+        "reference": cost(reference.budget, reference.result.tokens_trained, p.budget.tokens_trained),
         "proxy": cost(p.budget.to_dict(), p.budget.tokens_trained, 0),
     })
     weights = dict(zip(domains, trajectory.weights.mean(0).tolist()))
@@ -101,7 +101,7 @@ def doremi(data_dir: str | Path, out_mix: str | Path, *, family: str = "gpt", co
         **{k: str(v) for k, v in paths.items()},
         "cost": spent.report(),
         "warnings": [*selection_warnings("reference", reference, spent),
-                     *model_warnings("proxy", {"steps": p.budget.steps}, work / "proxy")],
+                     *model_warnings("proxy", work / "proxy", p.budget.steps)],
     }
     atomic_write_json(paths["trajectory"], {**report, **trajectory.to_dict()})
     atomic_write_bytes(paths["figure"], png_bytes(doremi_trajectory(domains, trajectory.weights, natural)))

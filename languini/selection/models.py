@@ -31,10 +31,10 @@ import torch
 from languini.data.loader import PreparedData
 from languini.distributed import World
 from languini.errors import UserError
-from languini.family import load_family, make_dataclass_strict
+from languini.io import read_json
 from languini.mix import SelectionCost
 from languini.plan import plan
-from languini.run import RunDir, model_warnings
+from languini.run import RunDir, RunResult, load_run_model, model_warnings
 from languini.throughput import Stability
 from languini.trainer import train
 
@@ -51,15 +51,15 @@ class SelectionModel:
     model: torch.nn.Module
     seq_len: int
     vocab_size: int
-    result: dict[str, Any]
+    result: RunResult
     budget: dict[str, Any]
     checkpoint_sha256: str
 
     def provenance(self) -> dict[str, Any]:
         """What the selection depended on: recorded in the derived dataset's manifest."""
         r = self.result
-        return {"family": r["family"], "config": r["config"], "compute_class": r["compute_class"],
-                "data_fingerprint": r["data"]["fingerprint"], "checkpoint_sha256": self.checkpoint_sha256}
+        return {"family": r.family, "config": r.config, "compute_class": r.compute_class,
+                "data_fingerprint": r.data["fingerprint"], "checkpoint_sha256": self.checkpoint_sha256}
 
 
 def load_selection_model(run_dir: str | Path, data: PreparedData, dev: torch.device) -> SelectionModel:
@@ -67,20 +67,13 @@ def load_selection_model(run_dir: str | Path, data: PreparedData, dev: torch.dev
     run = RunDir.open(run_dir)
     if not run.result.exists():
         raise UserError(f"Run {run.path} has not finished (no result.json); train it to the end or give another run.")
-    cfg = run.read_config()
-    run_data = PreparedData(cfg.data)
-    if run_data.manifest.tokenizer_sha256 != data.manifest.tokenizer_sha256:
+    loaded = load_run_model(run.path, dev)
+    if loaded.data.manifest.tokenizer_sha256 != data.manifest.tokenizer_sha256:
         raise UserError(f"Run {run.path} was trained with another tokenizer than {data.path}'s; its scores would "
                         "not mean anything there.")
-    family = load_family(cfg.family)
-    model_cfg = make_dataclass_strict(family.config_class, cfg.model, f"model config of {run.path}")
-    model = family.build(model_cfg)
-    model.load_state_dict(run.load_checkpoint()["model"])
-    model.to(dev).eval()
     sidecar = run.checkpoints / "last.sha256"
-    return SelectionModel(run.path, model, model_cfg.seq_len, model_cfg.vocab_size,
-                          run.read_json(run.result, "Run result"), run.read_json(run.budget, "Budget"),
-                          sidecar.read_text().strip() if sidecar.exists() else "")
+    return SelectionModel(run.path, loaded.model, loaded.seq_len, loaded.config.vocab_size, run.read_result(),
+                          read_json(run.budget, "Budget"), sidecar.read_text().strip() if sidecar.exists() else "")
 
 
 def train_model(family: str, config: str, data_dir: str | Path, class_name: str, run_dir: str | Path,
@@ -132,7 +125,7 @@ def selection_table(method: str, data: PreparedData, cost: SelectionCost, charge
 def selection_warnings(role: str, model: SelectionModel, spent: SelectionCost) -> list[str]:
     """Why a selection made with `model` may not mean anything: the model's own warnings, too
     few steps, or a cost out of proportion to the model's class (the report's `warnings`)."""
-    found = model_warnings(role, model.result, model.run)
+    found = model_warnings(role, model.run, model.result.steps, model.result.warnings)
     flops = model.budget["mode"] == "flops"
     amount = spent.flops if flops else spent.hours
     of_class = model.budget["flops" if flops else "hours"]

@@ -71,12 +71,12 @@ def select_perplexity(data_dir: str | Path, out: str | Path, *, reference_run: s
     kept_rows = rows[choose(log_ppl, criterion, keep)]
     keep_mask = np.zeros(len(table), dtype=bool)
     keep_mask[kept_rows] = True
-    spent = total_cost({"reference": cost(ref.budget, ref.result["tokens_trained"], forward)})
+    spent = total_cost({"reference": cost(ref.budget, ref.result.tokens_trained, forward)})
     selection = {
         "method": "perplexity",
         "settings": {"criterion": criterion, "keep": keep, "seed": seed,
                      "reference_trained_on_half": train_reference_class is not None},
-        "reference": {**ref.provenance(), "in_sample": ref.result["data"]["fingerprint"] == parent.fingerprint},
+        "reference": {**ref.provenance(), "in_sample": ref.result.data["fingerprint"] == parent.fingerprint},
         "documents": {"total": len(table), "reference_half": int(len(table) - len(rows)), "scored": int(len(rows)),
                       "kept": int(len(kept_rows))},
         "cost": spent.report(),

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from languini import leaderboard, scaling
 from languini.errors import UserError
 from languini.io import read_json
+from languini.run import RunResult
 
 COPIED = (*leaderboard.FILES, "data_manifest.json", "checksums.json", "lm_eval.json")  # linked from entry pages
 LAW = "power"
@@ -29,7 +30,8 @@ class SiteEntry:
     entry: leaderboard.Entry
 
     @property
-    def result(self) -> dict[str, Any]:
+    def result(self) -> RunResult | None:
+        """None where result.json is missing or unreadable (the entry's problems say so)."""
         return self.entry.result
 
     @property
@@ -157,7 +159,7 @@ def scalings(site_entries: list[SiteEntry], bootstrap: int, extrapolate: Sequenc
     for e in site_entries:
         if e.entry.rankable:
             ident, dataset = identity(e)
-            groups.setdefault((ident, dataset, str(e.result.get("reference"))), []).append(e)
+            groups.setdefault((ident, dataset, str(e.result.reference)), []).append(e)  # type: ignore[union-attr]
     return [_scaling(ident, dataset, ref, members, bootstrap, extrapolate)
             for (ident, dataset, ref), members in sorted(groups.items())]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from languini.io import sha256_file
 from languini.mix import selection_row, selection_text
+from languini.run import RunResult
 from languini.site.collect import Site, SiteEntry, identity
 from languini.site.figures import line_figure
 from languini.site.html import esc, figure, integer, layout, link, number, pairs, short, table
@@ -35,28 +36,27 @@ def verdict(e: SiteEntry) -> str:
             + "".join(f"<li>{esc(p)}</li>" for p in e.reasons) + "</ul></div>")
 
 
-def summary(e: SiteEntry) -> str:
-    r = e.result
-    test = r.get("test") or {}
+def summary(e: SiteEntry, r: RunResult) -> str:
+    test = r.test
     ident, dataset = identity(e)
-    items = [("model", f"{esc(r.get('family'))}/{esc(r.get('config'))}"), ("parameters", integer(r.get("params"))),
-             ("compute class", esc(r.get("compute_class"))),
-             ("tokens trained", f"{integer(r.get('tokens_trained'))} of a {integer(r.get('budget_tokens'))}-token "
-                                f"budget ({integer(r.get('steps'))} steps)"),
-             ("reference-hours", f"{number(r.get('reference_hours'))} on {esc(r.get('reference'))} "
-                                 f"({esc(r.get('budget_mode'))}, device factor {number(r.get('device_factor'))})"),
-             ("device", esc(r.get("device"))),
+    items = [("model", f"{esc(r.family)}/{esc(r.config)}"), ("parameters", integer(r.params)),
+             ("compute class", esc(r.compute_class)),
+             ("tokens trained", f"{integer(r.tokens_trained)} of a {integer(r.budget_tokens)}-token "
+                                f"budget ({integer(r.steps)} steps)"),
+             ("reference-hours", f"{number(r.reference_hours)} on {esc(r.reference)} "
+                                 f"({esc(r.budget_mode)}, device factor {number(r.device_factor)})"),
+             ("device", esc(r.device)),
              ("test bits per byte", f"{number(test.get('bits_per_byte'), '.4f')} (unigram baseline "
-                                    f"{number(r.get('unigram_bits_per_byte'), '.4f')})"),
+                                    f"{number(r.unigram_bits_per_byte, '.4f')})"),
              ("test perplexity", f"{number(test.get('token_perplexity'), '.2f')} per token, "
                                  f"{number(test.get('char_perplexity'), '.3f')} per character"),
              ("test accuracy", number(test.get("accuracy"), ".4f")),
-             ("mix", esc(r.get("mix"))), ("data selection", esc(selection_text(selection_row(r))))]
+             ("mix", esc(r.mix)), ("data selection", esc(selection_text(selection_row(r.to_dict()))))]
     if dataset:
         items.append(("dataset", esc(dataset)))
     if ident:
         items.append(("evaluation identity", f'<code title="{esc(ident)}">{esc(short(ident))}</code>'))
-    items += [("warning", esc(w)) for w in r.get("warnings") or []]
+    items += [("warning", esc(w)) for w in r.warnings]
     return pairs(items)
 
 
@@ -134,7 +134,7 @@ def curves_section(e: SiteEntry) -> str:
     train = [m for m in points if "split" not in m]
     val = [m for m in points if m.get("split") == "validation"]
     if b.get("mode") == "flops" or not b.get("reference_tokens_per_second"):
-        params = b.get("params") or e.result.get("params") or 0
+        params = b.get("params") or (e.result.params if e.result else 0)
         unit, scale = "training FLOPs (6·N·D)", lambda tokens: 6 * params * tokens
     else:
         rate = b["reference_tokens_per_second"]
@@ -152,8 +152,8 @@ def curves_section(e: SiteEntry) -> str:
     return '<div class="curves">' + "\n".join(figures) + "</div>"
 
 
-def domains_section(e: SiteEntry) -> str:
-    by_domain = (e.result.get("test") or {}).get("by_domain") or {}
+def domains_section(r: RunResult) -> str:
+    by_domain = r.test.get("by_domain") or {}
     if not by_domain:
         return "<p>No per-domain results.</p>"
     rows = [[esc(d), number(m.get("bits_per_byte"), ".4f"), number(m.get("token_perplexity"), ".2f"),
@@ -204,14 +204,14 @@ def files_section(e: SiteEntry) -> str:
 
 def entry_page(site: Site, e: SiteEntry) -> str:
     r = e.result
-    title = f"{r.get('family', '?')}/{r.get('config', '?')} in {r.get('compute_class', '?')}: {e.name}"
-    rows = [[("Summary", summary(e)), ("Budget", budget_section(e))],
-            [("Config", config_section(e)), ("Throughput certificate", certificate_section(e))],
-            [("Loss curves", curves_section(e))],
-            [("Test results by domain", domains_section(e)), ("lm-eval", lm_eval_section(e))],
-            [("Files and checksums", files_section(e))]]
+    title = (f"{r.family}/{r.config} in {r.compute_class}: {e.name}" if r else f"?/? in ?: {e.name}")
     body = [f"<h1>{esc(title)}</h1>", verdict(e)]
-    if e.file("result.json") is not None:
+    if r is not None:
+        rows = [[("Summary", summary(e, r)), ("Budget", budget_section(e))],
+                [("Config", config_section(e)), ("Throughput certificate", certificate_section(e))],
+                [("Loss curves", curves_section(e))],
+                [("Test results by domain", domains_section(r)), ("lm-eval", lm_eval_section(e))],
+                [("Files and checksums", files_section(e))]]
         body += ['<div class="row">' + "".join(f'<section id="{esc(name.split()[0].lower())}"><h2>{esc(name)}</h2>\n'
                                                f"{html}</section>" for name, html in row) + "</div>" for row in rows]
     else:

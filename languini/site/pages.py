@@ -37,7 +37,7 @@ def board_table(board: Board) -> str:
     rows = []
     for rank, (row, e) in enumerate(board.rows, 1):
         cert = e.file("throughput.json") or {}
-        warnings = e.result.get("warnings") or []
+        warnings = e.result.warnings  # type: ignore[union-attr]  # a ranked entry's result was read
         flag = f' <span class="warn" title="{esc("; ".join(map(str, warnings)))}">⚠</span>' if warnings else ""
         rows.append([(str(rank), rank), (link(e.page, e.name) + flag, e.name), esc(row["family"]), esc(row["config"]),
                      (integer(row["params"]), row["params"]), (integer(row["tokens_trained"]), row["tokens_trained"]),
