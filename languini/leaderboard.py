@@ -32,6 +32,7 @@ from languini.evaluate import implied_nll_sums
 from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json
 from languini.mix import selection_row, selection_text
 from languini.run import RunResult, build_run_model
+from languini.throughput import model_mismatch, noisy_reason, rate_mismatch
 from languini.verify import bundle_weights, verification_status
 
 FILES = ("config.toml", "throughput.json", "budget.json", "metrics.jsonl", "result.json")
@@ -107,8 +108,6 @@ def _numbers(obj: Any) -> Iterator[float]:
 
 
 def _check_certificate(e: Entry) -> None:
-    from languini.throughput import model_mismatch, rate_mismatch
-
     cert, cfg = e.files["throughput.json"], e.files["config.toml"]
     if why := rate_mismatch(cert):
         e.fail("certificate", why)
@@ -129,8 +128,6 @@ def _check_certificate(e: Entry) -> None:
 
 def _check_stability(e: Entry) -> None:
     """A budget in hours rests on the measured rate: a busy machine's (noisy) one does not count."""
-    from languini.throughput import noisy_reason
-
     try:
         cls = get_class(e.files["budget.json"]["compute_class"])
     except (UserError, KeyError):

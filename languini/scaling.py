@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from scipy.optimize import minimize
 
+from languini import __version__
 from languini.compute import FLOPS, trained_compute
 from languini.data.identity import identify_run
 from languini.errors import UserError
@@ -750,9 +751,7 @@ def _curve(law: Law, g: GroupFit, span: tuple[float, float]) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     import scipy
 
-    import languini
-
-    return {"languini": languini.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
+    return {"languini": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "python": platform.python_version()}
 
 
