@@ -14,6 +14,7 @@ from languini import throughput, trainer
 from languini.compute import get_class
 from languini.config import train_config
 from languini.data.loader import PreparedData
+from languini.data.manifest import Manifest
 from languini.distributed import World
 from languini.errors import UserError, to_stderr
 from languini.family import load_family
@@ -23,10 +24,9 @@ from languini.plan import plan
 from languini.plots import mix_comparison, png_bytes
 from languini.throughput import Stability
 
-def _test_identity(manifest: dict[str, Any]) -> tuple:
+def _test_identity(manifest: Manifest) -> tuple:
     """What must agree for two datasets to be scored on the same text with the same ids."""
-    test = manifest["splits"]["test"]
-    return manifest["tokenizer"]["sha256"], tuple(s["sha256"] for s in test["shards"])
+    return manifest.tokenizer_sha256, manifest.shard_hashes("test")
 
 
 def _mean_spread(values: list[float]) -> dict[str, float]:

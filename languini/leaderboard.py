@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator
 from languini.compute import Charge, budget_from_certificate, get_class, trained_compute
 from languini.config import load_run_config
 from languini.data.identity import SHORT, Identified, identify_result
-from languini.data.manifest import STREAMS, default_stride
+from languini.data.manifest import BUNDLED, MANIFEST_FILE, STREAMS, Manifest, default_stride, read_manifest
 from languini.errors import UserError
 from languini.evaluate import implied_nll_sums
 from languini.io import atomic_dir, atomic_write_json, sha256_file, to_json
@@ -87,13 +87,13 @@ def _read(entry: Entry) -> None:
             entry.fail("readable", f"{name} cannot be read ({e})")
 
 
-def _data_manifest(entry: Entry) -> dict[str, Any] | None:
-    bundled = entry.path / "data_manifest.json"
-    if bundled.is_file():
-        return json.loads(bundled.read_text())
+def _data_manifest(entry: Entry) -> Manifest | None:
+    """The bundle's copy of the data manifest, else the manifest of the data the run names."""
     cfg = entry.files.get("config.toml")
-    path = Path(cfg.data) / "manifest.json" if cfg else None
-    return json.loads(path.read_text()) if path and path.is_file() else None
+    for folder, file in ((entry.path, BUNDLED), (Path(cfg.data) if cfg else None, MANIFEST_FILE)):
+        if folder is not None and (folder / file).is_file():
+            return read_manifest(folder, file)
+    return None
 
 
 def _numbers(obj: Any) -> Iterator[float]:
@@ -171,15 +171,15 @@ def _check_evaluation(e: Entry) -> None:
     if manifest is None:
         e.fail("evaluation", "the data manifest is not available to check the test split against")
         return
-    if manifest.get("fingerprint") != result.data.get("fingerprint"):
+    if manifest.fingerprint != result.data.get("fingerprint"):
         e.fail("evaluation", "the data manifest is not the one the run trained on")
-    expected = manifest["splits"]["test"]["tokens"] - 1
+    expected = manifest.split("test")["tokens"] - 1
     if test.get("tokens") != expected:
         e.fail("evaluation", f"scored {test.get('tokens')} test tokens, the whole split has {expected}")
     if any(not math.isfinite(v) for v in _numbers(result.to_dict())):
         e.fail("metrics", "result.json holds a NaN or infinite number")
         return
-    _check_metrics_agree(e, test, manifest["splits"]["test"])
+    _check_metrics_agree(e, test, manifest.split("test"))
     _check_identity(e, manifest)
 
 
@@ -229,11 +229,11 @@ def _agreeing_sum(e: Entry, where: str, m: dict[str, Any]) -> float:
     return base
 
 
-def _check_identity(e: Entry, manifest: dict[str, Any]) -> None:
+def _check_identity(e: Entry, manifest: Manifest) -> None:
     """Find the entry's evaluation identity; the result and its manifest must not disagree on
     it, and the result must have been scored under the protocol the identity names."""
     e.identity = identify_result(e.result.to_dict(), manifest)
-    recorded, listed = e.result.evaluation_identity, manifest.get("evaluation_identity")
+    recorded, listed = e.result.evaluation_identity, manifest.evaluation_identity
     if recorded and listed and recorded != listed:
         e.fail("evaluation", f"result.json names evaluation identity {recorded[:10]}, its data manifest "
                f"{listed[:10]}")
@@ -297,7 +297,7 @@ def submit(run_dir: str | Path, out: str | Path, weights: bool = True) -> dict[s
     with atomic_dir(out) as tmp:
         for name in FILES:
             shutil.copy2(e.path / name, tmp / name)
-        (tmp / "data_manifest.json").write_text(to_json(manifest))
+        (tmp / "data_manifest.json").write_text(to_json(manifest.to_dict()))
         record = bundle_weights(e.path, tmp, include=weights)
         sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         atomic_write_json(tmp / "checksums.json", sums)

@@ -99,7 +99,7 @@ class Mix:
     def check_tokenizer(self, data: Any, force: bool = False) -> str | None:
         """Refuse data tokenized otherwise than the mix was selected on; forced, return a warning."""
         selected = (self.selection or {}).get("tokenizer_sha256")
-        have = data.manifest["tokenizer"]["sha256"]
+        have = data.manifest.tokenizer_sha256
         if not selected or selected == have:
             return None
         message = (f"Mix '{self.name}' was selected on data tokenized with tokenizer {selected[:12]}, but "
@@ -188,7 +188,7 @@ def check_spec_out(path: Path, force: bool) -> None:
 
 
 def train_domain_tokens(data: Any) -> dict[str, int]:
-    return {d: v["tokens"] for d, v in data.manifest["splits"]["train"]["by_domain"].items()}
+    return data.manifest.domain_tokens("train")
 
 
 @dataclass(frozen=True)

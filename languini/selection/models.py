@@ -118,7 +118,7 @@ def selection_table(method: str, data: PreparedData, cost: SelectionCost, charge
     settings and provenance, and the cost with whether it is charged."""
     if charge and cost.hours is None and cost.flops is None:
         raise UserError("The selection's cost is unknown (e.g. an external embedder), so it cannot be charged.")
-    return {"method": method, "tokenizer_sha256": data.manifest["tokenizer"]["sha256"],
+    return {"method": method, "tokenizer_sha256": data.manifest.tokenizer_sha256,
             "source_fingerprint": data.fingerprint, **provenance, **replace(cost, method=method, charge=charge).to_dict()}
 
 
