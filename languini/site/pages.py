@@ -19,16 +19,6 @@ def class_size(budget: dict[str, Any]) -> str:
     return f"{budget['flops']:.3g} FLOPs" if budget.get("flops") is not None else ""
 
 
-def trained_compute(row: dict[str, Any]) -> float | None:
-    """Reference-hours where the class counts hours; else FLOPs as a FLOP class counts them
-    (tokens = FLOPs / (6 × parameters), so FLOPs trained = 6 × parameters × tokens)."""
-    if row.get("reference_hours") is not None:
-        return row["reference_hours"]
-    if isinstance(row.get("params"), int) and isinstance(row.get("tokens_trained"), int):
-        return 6 * row["params"] * row["tokens_trained"]
-    return None
-
-
 def board_table(board: Board) -> str:
     hours = board.budget.get("hours") is not None
     compute = f"reference-hours ({board.budget.get('reference')})" if hours else "FLOPs (6·N·D)"
@@ -41,7 +31,7 @@ def board_table(board: Board) -> str:
         flag = f' <span class="warn" title="{esc("; ".join(map(str, warnings)))}">⚠</span>' if warnings else ""
         rows.append([(str(rank), rank), (link(e.page, e.name) + flag, e.name), esc(row["family"]), esc(row["config"]),
                      (integer(row["params"]), row["params"]), (integer(row["tokens_trained"]), row["tokens_trained"]),
-                     sortable(trained_compute(row)), esc(row["device"]), esc(cert.get("dtype", "–")),
+                     sortable(row["compute"]), esc(row["device"]), esc(cert.get("dtype", "–")),
                      sortable(row["bits_per_byte"], ".4f"), sortable(row["char_perplexity"], ".3f"),
                      esc(selection_text(row["selection"]))])
     return table(head, rows, cls="sortable filterable leaderboard", numeric=(0, 4, 5, 6, 9, 10),
