@@ -252,36 +252,34 @@ def _run(run: RunDir, p: Plan, state: dict[str, Any] | None, progress: bool,
         return None
     writer.add_scalar("test/bits_per_byte", evaluation["test"]["bits_per_byte"], budget.steps)
     writer.close()
-    result = {
-        "schema": 1,
-        "family": p.family.name,
-        "config": p.config_name,
-        "model_config": dataclasses.asdict(p.model_cfg),
-        "params": train_step.model.num_params(),
-        "compute_class": budget.compute_class,
-        "reference": budget.reference,
-        "device": budget.device,
-        "device_factor": budget.device_factor,
-        "budget_mode": budget.mode,
-        "budget_tokens": budget.tokens,
-        "steps": budget.steps,
-        "tokens_trained": budget.tokens_trained,
-        "reference_hours": budget.reference_hours,
-        "budget_charge": budget.charge.to_dict() if budget.charge else None,
-        "wall_seconds": counters.elapsed,
-        "train_tokens_per_second": budget.tokens_trained / counters.elapsed,
-        "data_wait_fraction": counters.wait / counters.elapsed,
-        "epochs": budget.tokens_trained / len(p.data.stream("train")),
-        "final_train_loss": counters.loss,
-        "implementation": p.certificate.get("implementation"),
-        "data": {"path": str(p.data.path.resolve()), "fingerprint": p.data.fingerprint},
-        "mix": p.mix.name if p.mix else "natural",
-        "mix_details": None if p.mix is None else {
+    final = RunResult(
+        family=p.family.name,
+        config=p.config_name,
+        model_config=dataclasses.asdict(p.model_cfg),
+        params=train_step.model.num_params(),
+        compute_class=budget.compute_class,
+        reference=budget.reference,
+        device=budget.device,
+        device_factor=budget.device_factor,
+        budget_mode=budget.mode,
+        budget_tokens=budget.tokens,
+        steps=budget.steps,
+        tokens_trained=budget.tokens_trained,
+        reference_hours=budget.reference_hours,
+        budget_charge=budget.charge.to_dict() if budget.charge else None,
+        wall_seconds=counters.elapsed,
+        train_tokens_per_second=budget.tokens_trained / counters.elapsed,
+        data_wait_fraction=counters.wait / counters.elapsed,
+        epochs=budget.tokens_trained / len(p.data.stream("train")),
+        final_train_loss=counters.loss,
+        implementation=p.certificate.get("implementation"),
+        data={"path": str(p.data.path.resolve()), "fingerprint": p.data.fingerprint},
+        mix=p.mix.name if p.mix else "natural",
+        mix_details=None if p.mix is None else {
             **p.mix.to_dict(), "digest": p.mix.digest(), "realised_shares": batches.realised_shares(),
             "repeats": batches.repeats()},
         **evaluation,
-    }
-    final = RunResult.from_dict(result, run.result)
+    )
     final.warnings = final.warnings_for(tcfg.warmup_steps)
     final.write(run.result)
     return final.to_dict()
