@@ -244,14 +244,6 @@ def executor(kind: str, workers: int) -> Iterator[Executor | None]:
                 yield pool
 
 
-def in_child(task: Callable[[], T]) -> T:
-    """`task`'s result, computed by a worker process of its own: for native code that keeps
-    the interpreter until it returns (SentencePiece's trainer), this process stays free to take
-    a Ctrl-C or SIGTERM at once, and the worker is ended with it."""
-    with terminate_raises(), _local(1) as pool:
-        return pool.apply_async(task).get()
-
-
 def run_tasks(ex: Executor | None, tasks: Iterable[Callable[[], T]], window: int) -> Iterator[T]:
     """Run tasks on `ex`, at most `window` ahead, yielding their results in task order."""
     if ex is None:

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from languini.data.executors import Executor, in_child, run_tasks
+from languini.data.executors import Executor, run_tasks
 from languini.errors import UserError
 from languini.io import read_json, sha256_file
 
@@ -206,13 +206,15 @@ def make_tokenizer(name: str, folder: Path, *, vocab_size: int, sample: Iterable
 def train_sentencepiece(texts: Iterable[str], path: Path, *, vocab_size: int, seed: int = 0, pool: Executor | None = None) -> None:
     """Train a BPE model on the lines of `texts` (SentencePiece learns from lines).
 
-    The training runs on a worker of `pool`, else in a child process: SentencePiece's binding
-    holds the process that trains until training returns (a Ctrl-C raised meanwhile would
-    wait, or be swallowed inside a line iterator it drives), while a worker is ended at once.
-    (The sample is bounded by `--sample-bytes`.)"""
+    The training runs on a worker of `pool` where there is one: SentencePiece's binding holds
+    the process that trains until training returns, while a worker is ended at once. Without a
+    pool it runs here, and a Ctrl-C waits until it returns (the lines are a list, so no Python
+    code runs inside the training to swallow it; the sample is bounded by `--sample-bytes`).
+    Training it in a one-off child process instead raced with a Ctrl-C arriving as that child
+    started (it printed a traceback), so it does not."""
     lines = [line for text in texts for line in text.split("\n") if line]
     task = partial(sentencepiece_model, lines, vocab_size, seed)
-    path.write_bytes(in_child(task) if pool is None else next(run_tasks(pool, [task], window=1)))
+    path.write_bytes(task() if pool is None else next(run_tasks(pool, [task], window=1)))
 
 
 def sentencepiece_model(lines: list[str], vocab_size: int, seed: int) -> bytes:
