@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import invoke, tiny_corpus
+from helpers import ANY_LOAD, invoke, tiny_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_two_processes_match_one_with_accumulation(tmp_path, family, monkeypatch
     monkeypatch.setenv("LANGUINI_CLASSES_DIR", str(tmp_path / "classes"))
     invoke("throughput", "--family", family, "--config", tmp_path / "model.toml", "--data", tmp_path / "data",
            "--batch-size", 8, "--micro-batch-size", 4, "--steps", 1, "--warmup", 0, "--out", tmp_path / "cert.json",
-           "--no-progress")
+           "--no-progress", *ANY_LOAD)
     common = ["train", "--family", family, "--config", tmp_path / "model.toml", "--data", tmp_path / "data",
               "--class", "t", "--throughput", tmp_path / "cert.json", "--batch-size", 8, "--micro-batch-size", 4,
               "--log-every", 1, "--no-progress"]

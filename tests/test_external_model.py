@@ -82,7 +82,7 @@ def test_sweep_stops_at_out_of_memory_and_certifies_the_best(config_file, tmp_pa
 def test_calibration_labels_the_budget_and_carries_its_inputs(tmp_path):
     cal = tmp_path / "cal.json"
     c = json.loads(invoke("calibrate", "--config", "mini", "--batch-size", 1, "--steps", 1, "--warmup", 0,
-                          "--out", cal, "--no-progress", "--json"))
+                          "--out", cal, "--no-progress", "--json", *ANY_LOAD))
     y = c["yardstick"]
     assert y["reference_tokens_per_second"] == 238_719  # devices.toml: Languini's RTX 3090 figure for mini
     assert c["device_factor"] == pytest.approx(238_719 / y["local_tokens_per_second"])

@@ -52,7 +52,7 @@ def cases(trained: dict, tmp: Path) -> list[tuple[str, tuple]]:
                          tmp / "compare", QUIET)),
         ("throughput", (*nano, "--data", data, "--steps", 2, "--warmup", 0, *ANY_LOAD, QUIET)),
         ("calibrate", ("--config", "mini", "--batch-size", 1, "--steps", 1, "--warmup", 0, "--out", tmp / "cal.json",
-                       QUIET)),
+                       *ANY_LOAD, QUIET)),
         ("budget", ("--class", "cpu-10s", "--throughput", cert)),
         ("train", (*nano, "--class", "test-flops", "--mix", tmp / "moved.toml", "--any-tokenizer",
                    "--out", tmp / "mixed", QUIET)),

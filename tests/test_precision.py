@@ -75,7 +75,8 @@ def test_the_certificate_records_the_precision_and_training_in_another_is_refuse
     fam = load_family("gpt")
     cfg, train = fam.config("nano", vocab_size=64)
     tcfg = train_config(train, {"batch_size": 2, "device": "cpu", "precision": precision})
-    cert = throughput.measure(fam, "nano", cfg, tcfg, warmup=0, steps=1, progress=False)
+    cert = throughput.measure(fam, "nano", cfg, tcfg, warmup=0, steps=1, progress=False,
+                              stability=throughput.Stability(allow_noisy=True))  # the suite may share the machine
     assert cert["dtype"] == dtype and cert["precision"] == devices.precision_of_dtype_name(dtype)
     assert budget_from_certificate(get_class("cpu-10s"), cert).precision == cert["precision"]
     check_certificate(cert, fam, cfg, tcfg)
