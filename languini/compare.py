@@ -18,10 +18,11 @@ from languini.data.manifest import Manifest
 from languini.distributed import World
 from languini.errors import UserError, to_stderr
 from languini.family import load_family
-from languini.io import atomic_write_bytes, atomic_write_json, read_json
+from languini.io import atomic_write_bytes, atomic_write_json
 from languini.mix import load_mix, selection_row, selection_text
 from languini.plan import plan
 from languini.plots import mix_comparison, png_bytes
+from languini.run import RunResult
 from languini.throughput import Stability
 
 def _test_identity(manifest: Manifest) -> tuple:
@@ -81,9 +82,10 @@ def compare(mix_paths: list[str | Path], family: str, config: str, class_name: s
             p = plan(family, config, datas[mix.name].path, class_name, {"seed": seed}, world=World(), certificate=cert,
                      mix=mix, any_tokenizer=any_tokenizer, stability=stability, progress=progress, warn=warn)
             if result_path.exists():
-                result = read_json(result_path, "Run result")
-                if (result.get("mix_details") or {}).get("digest") != p.mix.digest():
-                    raise UserError(f"{run} holds a run of a different mix '{result.get('mix')}'; move it away.")
+                found = RunResult.read(result_path)
+                if (found.mix_details or {}).get("digest") != p.mix.digest():
+                    raise UserError(f"{run} holds a run of a different mix '{found.mix}'; move it away.")
+                result = found.to_dict()
             else:
                 result = trainer.train(p, run, force=True, progress=progress)
             runs.setdefault(mix.name, []).append(result)

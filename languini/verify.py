@@ -35,6 +35,7 @@ from languini.errors import UserError
 from languini.evaluate import evaluate_model
 from languini.io import atomic_write_json, read_json, sha256_file
 from languini.run import RunDir, RunResult, load_run_model
+from languini.throughput import read_certificate
 
 WEIGHTS_FILE = "weights.pt"
 WEIGHTS_RECORD = "weights.json"
@@ -146,7 +147,7 @@ def _check_data(folder: Path, result: RunResult, manifest: Manifest | None, data
 
 def _rtol(folder: Path, dev: torch.device) -> float:
     cert = folder / "throughput.json"
-    trained_on = read_json(cert, "Throughput certificate").get("device_type", "cpu") if cert.is_file() else "cpu"
+    trained_on = read_certificate(cert).get("device_type", "cpu") if cert.is_file() else "cpu"
     return CPU_RTOL if dev.type == "cpu" and trained_on == "cpu" else GPU_RTOL
 
 
