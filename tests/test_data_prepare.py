@@ -12,7 +12,7 @@ import pytest
 from languini.data import sources
 from languini.data.manifest import SPLITS
 from languini.data.prepare import TrainingSample, prepare, split_of
-from languini.data.shards import DocInfo, EncodedBatch, SplitWriter
+from languini.data.shards import DocInfo, EncodedBatch, NpyAppender, SplitWriter
 from languini.data.tokenizer import load_tokenizer
 from languini.errors import UserError
 
@@ -272,6 +272,18 @@ def test_uint32_shards_hold_large_ids(tmp_path):
     assert stream.dtype == np.uint32 and stream.tolist() == [1, 65_536, 69_999, 70_000, 70_000]
     assert [s["tokens"] for s in entry["shards"]] == [3, 2]
     assert np.load(tmp_path / "train" / "doc_offsets.npy").tolist() == [0, 4, 5]
+
+
+def test_appended_npy_files_are_what_np_save_writes(tmp_path):
+    """Shards and the document index are appended a batch at a time, never held whole."""
+    for dtype, parts in ((np.int64, [[0], [4, 9], [], [2**40]]), (np.uint16, [[], []]), (np.uint32, [[7] * 1000, [70_000]])):
+        appender = NpyAppender(tmp_path / "appended.npy", np.dtype(dtype))
+        for part in parts:
+            appender.append(np.array(part, dtype=dtype))
+        appender.close()
+        whole = np.array([x for part in parts for x in part], dtype=dtype)
+        np.save(tmp_path / "saved.npy", whole)
+        assert (tmp_path / "appended.npy").read_bytes() == (tmp_path / "saved.npy").read_bytes()
 
 
 def test_progress_off_is_silent(tmp_path, capfd):

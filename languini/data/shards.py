@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple, Sequence
@@ -53,11 +52,33 @@ def shard_name(index: int) -> str:
 
 
 def _npy_header(n: int, dtype: np.dtype) -> bytes:
-    """The `.npy` header of n tokens, as `np.save` writes it: numpy pads it so that the length
-    can grow in place, so the header of 0 tokens has the size of the final one."""
+    """The `.npy` header of n items, as `np.save` writes it: numpy pads it so that the length
+    can grow in place, so the header of 0 items has the size of the final one."""
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)})
     return buf.getvalue()
+
+
+class NpyAppender:
+    """A one-dimensional `.npy` file written by appending, so that neither a shard nor a
+    split's document index is ever held whole: closing puts the final length into the header,
+    and the file is then what `np.save` writes."""
+
+    def __init__(self, path: Path, dtype: np.dtype) -> None:
+        self.path, self.dtype, self.count = path, np.dtype(dtype), 0
+        self._file: BinaryIO = open(path, "wb")
+        self._file.write(_npy_header(0, self.dtype))
+
+    def append(self, values: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(values, dtype=self.dtype).tobytes())
+        self.count += len(values)
+
+    def close(self) -> None:
+        header = _npy_header(self.count, self.dtype)
+        assert len(header) == len(_npy_header(0, self.dtype)), "numpy no longer pads .npy headers for growth"
+        self._file.seek(0)
+        self._file.write(header)
+        self._file.close()
 
 
 class SplitWriter:
@@ -71,20 +92,22 @@ class SplitWriter:
         self.dtype, self.eod_id, self.shard_tokens = dtype, eod_id, shard_tokens
         self.domains = list(domains)
         self._domain_index = {d: i for i, d in enumerate(self.domains)}
-        self._shard: BinaryIO | None = None  # the shard being written
-        self._shard_tokens = 0  # tokens in it so far
+        self._shard: NpyAppender | None = None  # the shard being written
         self._shards: list[dict[str, Any]] = []
-        self._offsets = array("q", [0])
-        self._doc_domains = array("H")
+        self._offsets = NpyAppender(folder / "doc_offsets.npy", np.dtype(np.int64))
+        self._offsets.append(np.zeros(1, dtype=np.int64))
+        self._end = 0  # the offset after the last document
+        self._doc_domains = NpyAppender(folder / "doc_domains.npy", np.dtype(np.uint16))
         self._ids = open(folder / "doc_ids.jsonl", "w", encoding="utf-8")
         self._stats = {d: {"documents": 0, "tokens": 0, "bytes": 0, "chars": 0} for d in self.domains}
 
     def add(self, batch: EncodedBatch) -> None:
         """Append a batch of documents (in order) to the split."""
         self._write(batch.tokens.astype(self.dtype, copy=False))
+        self._offsets.append(self._end + np.cumsum(batch.lengths, dtype=np.int64))
+        self._end += sum(batch.lengths)
+        self._doc_domains.append(np.array([self._domain_index[doc.domain] for doc in batch.docs], dtype=np.uint16))
         for length, doc in zip(batch.lengths, batch.docs):
-            self._offsets.append(self._offsets[-1] + length)
-            self._doc_domains.append(self._domain_index[doc.domain])
             stats = self._stats[doc.domain]
             stats["documents"] += 1
             stats["tokens"] += length
@@ -96,9 +119,8 @@ class SplitWriter:
         """Write what is left and the document index; return the split's manifest entry."""
         if self._shard is not None:
             self._finish_shard()
-        self._ids.close()
-        np.save(self.folder / "doc_offsets.npy", np.frombuffer(self._offsets, dtype=np.int64))
-        np.save(self.folder / "doc_domains.npy", np.frombuffer(self._doc_domains, dtype=np.uint16))
+        for index in (self._ids, self._offsets, self._doc_domains):
+            index.close()
         by_domain = {d: s for d, s in self._stats.items() if s["documents"]}
         totals = {k: sum(s[k] for s in by_domain.values()) for k in ("documents", "tokens", "bytes", "chars")}
         files = {self._relative(name): sha256_file(self.folder / name) for name in INDEX_FILES}
@@ -108,26 +130,19 @@ class SplitWriter:
         """Stream tokens into shards as they come: memory holds one batch, never a shard."""
         while len(tokens):
             if self._shard is None:
-                self._shard = open(self._shard_path(), "wb")
-                self._shard.write(_npy_header(0, self.dtype))
-            take = min(self.shard_tokens - self._shard_tokens, len(tokens))
-            self._shard.write(tokens[:take].tobytes())
-            self._shard_tokens += take
+                self._shard = NpyAppender(self._shard_path(), self.dtype)
+            take = min(self.shard_tokens - self._shard.count, len(tokens))
+            self._shard.append(tokens[:take])
             tokens = tokens[take:]
-            if self._shard_tokens == self.shard_tokens:
+            if self._shard.count == self.shard_tokens:
                 self._finish_shard()
 
     def _finish_shard(self) -> None:
-        """Put the final length into the header: the file is then what `np.save` writes."""
         assert self._shard is not None
-        header = _npy_header(self._shard_tokens, self.dtype)
-        assert len(header) == len(_npy_header(0, self.dtype)), "numpy no longer pads .npy headers for growth"
-        self._shard.seek(0)
-        self._shard.write(header)
         self._shard.close()
-        path = self._shard_path()
-        self._shards.append({"file": self._relative(path.name), "tokens": self._shard_tokens, "sha256": sha256_file(path)})
-        self._shard, self._shard_tokens = None, 0
+        path = self._shard.path
+        self._shards.append({"file": self._relative(path.name), "tokens": self._shard.count, "sha256": sha256_file(path)})
+        self._shard = None
 
     def _shard_path(self) -> Path:
         return self.folder / shard_name(len(self._shards))
