@@ -14,7 +14,8 @@ from typing import Any, Callable
 from languini.compute import Budget, Charge, budget_from_certificate, get_class
 from languini.config import TrainConfig, train_config
 from languini.data.dedup import deduplicated
-from languini.data.loader import MixedStreams, PreparedData, StreamBatches
+from languini.data.loader import PreparedData
+from languini.data.streams import MixedStreams, StreamBatches
 from languini.distributed import World, barrier, broadcast
 from languini.errors import UserError, to_stderr
 from languini.family import Family, load_family, make_dataclass_strict

@@ -1,6 +1,7 @@
 import numpy as np
 
-from languini.data.loader import StreamBatches, TokenStream
+from languini.data.loader import TokenStream
+from languini.data.streams import StreamBatches
 
 
 def test_token_stream_reads_across_shards_and_wraps():
@@ -44,6 +45,8 @@ def test_documents_carry_their_source_ids(tmp_path):
 def test_document_ids_are_read_on_demand_and_compare_as_a_list(tmp_path):
     import json
 
+    import pytest
+
     from languini.data import loader
 
     ids = ["a", "b\nwith a newline", "ünï", "", "d" * 5000]
@@ -53,6 +56,12 @@ def test_document_ids_are_read_on_demand_and_compare_as_a_list(tmp_path):
     assert list(lazy) == ids and lazy == ids and ids == lazy and lazy != ids[:-1]
     assert len(lazy) == 5 and lazy[1] == ids[1] and lazy[-1] == ids[-1] and lazy[np.int64(2)] == "ünï"
     assert lazy[1:4] == ids[1:4] and "_starts" in vars(lazy)  # indexing built the offsets index once
+    picked = loader.DocIds(path)
+    assert picked.pick([4, 0, 2, 0]) == [ids[4], ids[0], ids[2], ids[0]] and len(picked) == 5 and list(picked) == ids
+    assert "_starts" not in vars(picked)  # picking, counting and iterating built no index
+    assert picked.pick([]) == [] and lazy.pick([3, 1]) == [ids[3], ids[1]]
+    with pytest.raises(IndexError, match="document 5"):
+        picked.pick([1, 5])
     (tmp_path / "empty.jsonl").write_text("")
     assert len(loader.DocIds(tmp_path / "empty.jsonl")) == 0 and list(loader.DocIds(tmp_path / "empty.jsonl")) == []
 

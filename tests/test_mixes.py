@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from helpers import fails, invoke
-from languini.data.loader import MixedStreams, PreparedData
+from languini.data.loader import PreparedData
+from languini.data.streams import MixedStreams
 from languini.data.prepare import prepare
 from languini.errors import UserError
 from languini.io import toml_table

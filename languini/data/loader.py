@@ -1,11 +1,7 @@
-"""Reading prepared data: token streams, document metadata, and training batches.
-
-Both families read the corpus the way Languini Kitchen does: the split is one long token
-stream, each batch row is a contiguous stream starting at its own offset (row j starts at
-j·N/B), and step s reads the s-th chunk of every row. The qLSTM carries its state along its
-row; the GPT simply sees consecutive windows. Batches are a pure function of the step
-number, so a run is reproducible and resumable without loader state, and a run that
-outlasts the data wraps around (the epoch count is reported).
+"""Reading prepared data: the token streams of its splits, their document metadata, and the
+check of their shards. Torch-free, so that the workers of `data prepare` and `data dedup`,
+which open splits by the hundred, do not each carry torch (`streams` turns a split into
+training batches).
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from languini.data.manifest import Manifest, read_manifest
 from languini.data.tokenizer import Tokenizer, open_tokenizer
@@ -84,8 +79,19 @@ class DocIds(Sequence[str]):
         out = np.concatenate(starts)
         return out if out[-1] == size else np.append(out, size)
 
+    @cached_property
+    def _count(self) -> int:
+        """Lines in the file, counted without keeping where each starts (`list()` asks for the length)."""
+        if "_starts" in vars(self):
+            return len(self._starts) - 1
+        count, last = 0, b"\n"
+        with open(self.path, "rb") as f:
+            while block := f.read(IDS_SCAN_BYTES):
+                count, last = count + block.count(b"\n"), block[-1:]
+        return count + (last != b"\n")
+
     def __len__(self) -> int:
-        return len(self._starts) - 1
+        return self._count
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
@@ -97,9 +103,27 @@ class DocIds(Sequence[str]):
         lo, hi = int(self._starts[i]), int(self._starts[i + 1])
         return json.loads(os.pread(self._fd, hi - lo, lo))
 
+    def pick(self, indices: Sequence[int]) -> list[str]:
+        """The ids at `indices` (any order), in one pass over the file: a report that names a few
+        documents of a large split need not build the index that random access does."""
+        if "_starts" in vars(self):
+            return [self[i] for i in indices]
+        order = sorted(range(len(indices)), key=lambda k: indices[k])
+        out: list[str] = [""] * len(indices)
+        with open(self.path, "rb") as f:
+            lines = enumerate(f)
+            line_no, line = -1, b""
+            for k in order:
+                while line_no < indices[k]:
+                    line_no, line = next(lines, (None, b""))
+                    if line_no is None:
+                        raise IndexError(f"document {indices[k]} is not in {self.path}")
+                out[k] = json.loads(line)
+        return out
+
     @cached_property
     def _fd(self) -> int:
-        """Kept open: writers of derived datasets look up every kept document's id in turn."""
+        """Kept open: a selection report looks up every document it names in turn."""
         return os.open(self.path, os.O_RDONLY)
 
     def __del__(self) -> None:
@@ -136,7 +160,7 @@ class Documents:
 
     offsets: np.ndarray  # n_docs + 1 token offsets; doc i is [off[i], off[i+1]) incl. its EOD
     domains: np.ndarray  # index into PreparedData.domains
-    ids: Sequence[str]
+    ids: DocIds
 
 
 class PreparedData:
@@ -258,105 +282,3 @@ class _VerifyStamp:
         self.splits[split] = states
         with contextlib.suppress(OSError):
             atomic_write_json(self.path, {"fingerprint": self.fingerprint, "splits": self.splits})
-
-
-class StreamBatches:
-    """Batch rows as contiguous streams; `batch(step)` is a pure function of the step."""
-
-    def __init__(self, stream: TokenStream, batch_size: int, seq_len: int) -> None:
-        self.stream, self.batch_size, self.seq_len = stream, batch_size, seq_len
-        self.row_starts = [j * (len(stream) // batch_size) for j in range(batch_size)]
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        T = self.seq_len
-        rows = np.stack([self.stream.read(start + step * T, T + 1) for start in self.row_starts])
-        t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
-
-    def epochs(self, steps: int) -> float:
-        """How many times the split's tokens were read in `steps` steps."""
-        return steps * self.batch_size * self.seq_len / len(self.stream)
-
-
-class MixedStreams:
-    """Batch rows as continuous streams of documents whose domains follow a mix's token shares.
-
-    Each row, when it needs more text, appends the next document of the domain furthest
-    below its share of the tokens drawn so far (a deficit schedule, shared by all rows). Random
-    domain draws would match the shares only in expectation, and corpora with a few huge
-    documents (a 200k-token source file) make that expectation useless over a real run;
-    the deficit schedule is off by at most the documents in flight. Within a domain, documents
-    come in an order permuted by the seed and wrap around when exhausted (the wraps are the
-    repeat count). The whole state is `state_dict()`, for exact resumption.
-    """
-
-    def __init__(self, data: PreparedData, split: str, weights: dict[str, float], batch_size: int,
-                 seq_len: int, seed: int) -> None:
-        self.stream = data.stream(split)
-        docs = data.documents(split)
-        self.domains = [d for d in data.domains if weights.get(d, 0) > 0]
-        self.weights = np.array([weights[d] for d in self.domains]) / sum(weights[d] for d in self.domains)
-        self.order = []  # per domain, its documents in a seeded order: 4 bytes each (the one per-document cost)
-        index_type = np.int32 if len(docs.domains) < 1 << 31 else np.int64
-        for i, d in enumerate(self.domains):
-            members = np.flatnonzero(docs.domains == data.domains.index(d)).astype(index_type)
-            if not len(members):
-                raise UserError(f"Domain '{d}' has no {split} documents.")
-            self.order.append(np.random.default_rng([seed, i]).permutation(members))
-        self.offsets, self.batch_size, self.seq_len = docs.offsets, batch_size, seq_len
-        k = len(self.domains)
-        self.next_doc = np.zeros(k, dtype=np.int64)  # documents drawn from each domain so far
-        self.drawn = np.zeros(k, dtype=np.int64)  # tokens drawn from each domain so far
-        self.tokens_read = np.zeros(k, dtype=np.int64)  # tokens trained on, by domain
-        empty = np.empty(0, dtype=np.int64)
-        self.tokens = [empty] * batch_size  # each row's pending tokens
-        self.token_domains = [empty] * batch_size  # and the domain index of each
-        self.step = 0
-
-    def _draw(self, row: int) -> None:
-        d = int(np.argmax(self.weights * (self.drawn.sum() + 1) - self.drawn))
-        order = self.order[d]
-        doc = int(order[self.next_doc[d] % len(order)])
-        self.next_doc[d] += 1
-        start, end = int(self.offsets[doc]), int(self.offsets[doc + 1])
-        self.drawn[d] += end - start
-        self.tokens[row] = np.concatenate([self.tokens[row], self.stream.read(start, end - start)])
-        self.token_domains[row] = np.concatenate([self.token_domains[row], np.full(end - start, d)])
-
-    def _take(self, row: int) -> np.ndarray:
-        """The row's next seq_len + 1 tokens; the last stays pending as the next step's first input."""
-        n = self.seq_len
-        while len(self.tokens[row]) < n + 1:
-            self._draw(row)
-        out = self.tokens[row][: n + 1]
-        self.tokens_read += np.bincount(self.token_domains[row][:n], minlength=len(self.domains))
-        self.tokens[row], self.token_domains[row] = self.tokens[row][n:], self.token_domains[row][n:]
-        return out
-
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if step != self.step:
-            raise RuntimeError(f"MixedStreams reads sequentially: asked for step {step} at step {self.step}")
-        rows = np.stack([self._take(row) for row in range(self.batch_size)])
-        self.step += 1
-        t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
-
-    def realised_shares(self) -> dict[str, float]:
-        total = int(self.tokens_read.sum())
-        return {d: int(n) / total if total else 0.0 for d, n in zip(self.domains, self.tokens_read)}
-
-    def repeats(self) -> dict[str, float]:
-        """Passes over each domain's documents so far (above 1: the domain repeated)."""
-        return {d: int(n) / len(o) for d, n, o in zip(self.domains, self.next_doc, self.order)}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "next_doc": self.next_doc.copy(), "drawn": self.drawn.copy(),
-                "tokens_read": self.tokens_read.copy(), "tokens": [t.copy() for t in self.tokens],
-                "token_domains": [t.copy() for t in self.token_domains]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        for name in ("next_doc", "drawn", "tokens_read"):
-            setattr(self, name, np.asarray(state[name]).copy())
-        self.tokens = [np.asarray(t) for t in state["tokens"]]
-        self.token_domains = [np.asarray(t) for t in state["token_domains"]]

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from languini import device as devices
 from languini.data.derive import open_parent
-from languini.data.loader import MixedStreams, PreparedData
+from languini.data.loader import PreparedData
+from languini.data.streams import MixedStreams
 from languini.distributed import World
 from languini.errors import UserError
 from languini.io import atomic_write_bytes, atomic_write_json
