@@ -47,7 +47,7 @@ import numpy as np
 from common import write_result
 from datasketch import MinHash, MinHashLSH
 
-from languini.data.dedup import dedup
+from languini.data.dedup import dedup, read_duplicates
 from languini.data.loader import PreparedData
 from languini.data.minhash import MinHasher, Signed, linked_pairs, lsh_params, normalise, representatives, s_curve, sign
 from languini.data.prepare import prepare
@@ -156,7 +156,7 @@ def prepared_agrees(report: dict, train: list[int], signed: Signed) -> bool:
     rows = np.array(train)
     first = representatives(int(rows.max()) + 1, linked_pairs(signed, rows, THRESHOLD))
     expected = {int(i): int(first[i]) for i in rows if first[i] != i}
-    return expected == {int(d["removed"]): int(d["kept"]) for d in report["duplicates"]}
+    return expected == {int(d["removed"]): int(d["kept"]) for d in read_duplicates(report["out"])}
 
 
 def score(found: set, planted: list[tuple[int, int, float]]) -> dict:
@@ -201,7 +201,7 @@ def main() -> None:
                 found = out
     prepared_seconds, prepared_cpu, train, report = run_prepared(texts, args.workers)
     in_train = set(train)
-    prepared_found = {(int(d["kept"]), int(d["removed"])) for d in report["duplicates"]}
+    prepared_found = {(int(d["kept"]), int(d["removed"])) for d in read_duplicates(report["out"])}
     prepared_planted = [(a, b, j) for a, b, j in planted if a in in_train and b in in_train]
     load_after = os.getloadavg()
 

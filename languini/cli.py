@@ -218,7 +218,7 @@ def data_prepare(sources: tuple[str, ...], out: Path, domains: tuple[str, ...], 
               help="Run the per-shard stages in local processes or on Ray (RAY_ADDRESS, else a local instance).")
 @click.option("--memory-limit", default=None, metavar="SIZE",
               help="Buffers of all workers together, e.g. 512M or 8G (default: a quarter of the RAM). Bounds sorting "
-                   "and merging; the result does not depend on it.")
+                   "and merging (a merge round holds 262,144 records at most in any case); the result does not depend on it.")
 @click.option("--force", is_flag=True, help="Replace an existing --out dataset.")
 @progress_option
 @json_option

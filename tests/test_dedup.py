@@ -13,7 +13,8 @@ import pytest
 from scipy.integrate import quad
 from test_data_prepare import load_documents, no_leftovers
 
-from languini.data.dedup import dedup, describe
+from languini.data import loader
+from languini.data.dedup import dedup, describe, read_duplicates
 from languini.data.loader import PreparedData
 from languini.data.minhash import MinHasher, candidate_probability, lsh_params, normalise, s_curve
 from languini.data.prepare import prepare, split_of
@@ -107,7 +108,7 @@ def parent(tmp_path_factory) -> Path:
 
 
 def removed(report: dict) -> dict[str, tuple[str, str]]:
-    return {d["removed"]: (d["kept"], d["kind"]) for d in report["duplicates"]}
+    return {d["removed"]: (d["kept"], d["kind"]) for d in read_duplicates(report["out"])}
 
 
 def sha256(path: Path) -> str:
@@ -139,11 +140,23 @@ def test_decontamination_removes_train_copies_of_test_documents(parent, tmp_path
     plain = dedup(parent, tmp_path / "plain", **FAST)
     assert "books-test-near" not in removed(plain) and plain["total"]["contamination"] == 0
     report = dedup(parent, tmp_path / "out", decontaminate=True, **FAST)
-    assert {d["removed"]: d for d in report["duplicates"]}["books-test-near"] == {
+    assert {d["removed"]: d for d in read_duplicates(report["out"])}["books-test-near"] == {
         "removed": "books-test-near", "kept": "test-0", "kept_split": "test", "kind": "contamination", "domain": "books",
     }  # fmt: skip
     assert report["total"]["contamination"] == 1 and report["total"]["documents_removed"] == 5
     assert "books-test-near" not in PreparedData(tmp_path / "out").documents("train").ids
+
+
+def test_ids_are_streamed_and_picked_without_an_index(parent, tmp_path, monkeypatch):
+    """A terabyte split's id index would take GBs: dedup reads the ids in order as it writes and
+    picks the few its report names in one pass."""
+    expected = dedup(parent, tmp_path / "indexed", decontaminate=True, **FAST)
+    monkeypatch.setattr(loader.DocIds, "_starts", property(lambda self: pytest.fail("dedup built an id index")))
+    report = dedup(parent, tmp_path / "out", decontaminate=True, **FAST)
+    listed = list(read_duplicates(report["out"]))
+    assert listed == list(read_duplicates(expected["out"])) and len(listed) == 5
+    kept = [i for i in PreparedData(parent).documents("train").ids if i not in removed(report)]
+    assert list(PreparedData(tmp_path / "out").documents("train").ids) == kept
 
 
 def test_output_is_a_complete_dataset_with_the_parents_evaluation_splits(parent, tmp_path):
@@ -173,7 +186,7 @@ def test_result_does_not_depend_on_workers_and_force_replaces(parent, tmp_path):
     with pytest.raises(UserError, match="already holds a dataset; pass --force"):
         dedup(parent, tmp_path / "out", **FAST)
     two = dedup(parent, tmp_path / "out", workers=2, progress=False, force=True)
-    assert one["fingerprint"] == two["fingerprint"] and one["duplicates"] == two["duplicates"]
+    assert one["fingerprint"] == two["fingerprint"] and removed(one) == removed(two)
     assert "dedup local" in describe(dedup(parent, tmp_path / "local", scope="local", **FAST))
 
 

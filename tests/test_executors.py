@@ -6,6 +6,8 @@ import pytest
 
 from helpers import invoke, tiny_corpus
 
+from languini.data.dedup import read_duplicates
+
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray", reason="Ray is an optional extra")
 
@@ -21,6 +23,6 @@ def test_prepare_and_dedup_on_ray_match_local(tmp_path):
                               "--workers", 2, "--executor", kind, "--no-progress", "--json"))
         d = json.loads(invoke("data", "dedup", tmp_path / f"data-{kind}", "--out", tmp_path / f"dedup-{kind}",
                               "--workers", 2, "--executor", kind, "--no-progress", "--json"))
-        outs[kind] = (m["fingerprint"], d["fingerprint"], d["duplicates"])
+        outs[kind] = (m["fingerprint"], d["fingerprint"], list(read_duplicates(d["out"])))
     assert outs["ray"] == outs["local"]
     assert outs["local"][2]  # dedup found the planted copy

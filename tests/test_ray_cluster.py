@@ -28,6 +28,7 @@ import pytest
 
 import languini
 from helpers import tiny_corpus
+from languini.data.dedup import read_duplicates
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray", reason="Ray is an optional extra")
@@ -175,6 +176,6 @@ def test_prepare_and_dedup_on_a_two_node_cluster_match_local(ray_cluster, tmp_pa
                      "--domain-field", "meta.set", "--workers", 2, "--executor", kind)
         d = run_languini(env, "data", "dedup", tmp_path / f"data-{kind}", "--out", tmp_path / f"dedup-{kind}", "--decontaminate",
                      "--memory-limit", "64M", "--workers", 2, "--executor", kind)
-        outs[kind] = (m["fingerprint"], d["fingerprint"], d["duplicates"], d["total"])
+        outs[kind] = (m["fingerprint"], d["fingerprint"], list(read_duplicates(d["out"])), d["total"])
     assert outs["ray"] == outs["local"]
     assert outs["local"][3]["exact"] >= 1 and outs["local"][3]["cross_domain"] >= 1  # dedup found the planted copies

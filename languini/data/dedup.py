@@ -14,7 +14,8 @@ few bytes per document, never by the text, the band keys or the pairs:
    estimate and appended to pair files.
 3. cluster: union-find over the streamed pairs joins documents into clusters; the first of
    each in stream order is kept.
-4. filter: the kept train documents are copied, token for token, into a new dataset.
+4. filter: the kept train documents are copied, token for token, into a new dataset, and
+   the removed ones listed in its `duplicates.jsonl` as their ids stream past.
 
 Stages one and two run on local processes or on Ray (`executors`); with Ray across machines,
 the input and `out` (whose temporary folder holds the work files) are on shared storage.
@@ -53,8 +54,11 @@ from languini.io import atomic_dir, atomic_write_json
 SCOPES = ("local", "global")
 DUPLICATE_KINDS = ("exact", "near", "contamination")
 REPORT_FILE = "dedup.json"
+DUPLICATES_FILE = "duplicates.jsonl"
 PART_TOKENS = 1 << 26  # tokens of a signing part at most (one sorted run per column each)
 MIN_BLOCK = 1024  # records read from each run per merge round, at least
+ROUND_RECORDS = 1 << 18  # records merged per round, at most: larger rounds are no faster (merging is a small part
+# of dedup), and a round's memory then stays the same whatever the corpus
 CHUNK = 1 << 20  # documents per step where the driver scans all of them
 _WORK = ".work"
 
@@ -99,7 +103,8 @@ def dedup(
     threshold). `scope` is `local` (within each domain) or `global` (across domains).
     `memory_limit` (bytes, or a size such as `4G`; default a quarter of the RAM) bounds the
     workers' buffers together; it changes how the work is cut, never the result.
-    Returns the report (see `build_report`), also written to `out/dedup.json`.
+    Returns the report (see `build_report`), also written to `out/dedup.json`; the removed
+    documents are listed in `out/duplicates.jsonl` (`read_duplicates`).
     """
     check_settings(scope, threshold, ngram, num_perm, workers)
     parent = open_parent(data_dir)
@@ -119,6 +124,7 @@ def dedup(
         shutil.rmtree(work)  # memory maps stay readable until dropped; the folder moves clean
         manifest = finish_derived(parent, tmp, train, "dedup", asdict(settings))
         report = build_report(out, manifest, settings, corpus, decision)
+        write_duplicates(tmp / DUPLICATES_FILE, corpus, decision, manifest.domains)
         atomic_write_json(tmp / REPORT_FILE, report)
     return report
 
@@ -313,10 +319,11 @@ def decide(corpus: SignedCorpus, settings: Settings, plan: LinkPlan, pool: Any, 
 
 
 def link_plan(corpus: SignedCorpus, settings: Settings, work: Path, workers: int, budget: int) -> LinkPlan:
-    """What the link tasks share; each merges one run per part in a worker's share of `budget`."""
+    """What the link tasks share; each merges one run per part, ROUND_RECORDS at a time or
+    fewer where a worker's share of `budget` is smaller."""
     np.save(work / "domains.npy", corpus.docs["train"].domains)
     parts = len(corpus.part_starts) - 1
-    block = max(MIN_BLOCK, budget // workers // (RECORD.itemsize * WORKING_COPIES * parts))
+    block = max(MIN_BLOCK, min(ROUND_RECORDS, budget // workers // (RECORD.itemsize * WORKING_COPIES)) // parts)
     return LinkPlan(str(work), corpus.part_starts, corpus.n_train, corpus.n_eval, settings.threshold, settings.verify, block,
                     settings.bands + 1, parts)
 
@@ -341,18 +348,17 @@ def clusters(work: Path, name: str, n: int) -> np.ndarray:
 
 
 def build_report(out: Path, manifest: Manifest, settings: Settings, corpus: SignedCorpus, decision: Decision) -> dict[str, Any]:
-    """Settings, the S-curve, per-domain counts before/removed/after, and every removed
-    document with the one it duplicates.
+    """Settings, the S-curve, and per-domain counts before/removed/after.
 
     Per domain and in total: documents and tokens before, removed and after; how many
     documents went as exact or near duplicates or as contamination; and `cross_domain`,
     the removed documents whose every duplicate lies in another domain, so that only global
-    deduplication finds them (None for local scope).
+    deduplication finds them (None for local scope). Which documents went is in
+    `duplicates_file`, a file of the new folder: a list that grows with the corpus is not
+    held in memory, nor printed.
     """
     domains = manifest.domains
     sums = domain_sums(corpus, decision, len(domains))
-    train_ids = corpus.docs["train"].ids
-    train_domains = corpus.docs["train"].domains
     return {
         "parent": manifest.parent,
         "out": str(out),
@@ -361,17 +367,47 @@ def build_report(out: Path, manifest: Manifest, settings: Settings, corpus: Sign
         "s_curve": s_curve(settings.bands, settings.rows),
         "total": _counts(sums.sum(axis=0), decision),
         "by_domain": {d: _counts(sums[i], decision) for i, d in enumerate(domains) if sums[i, 0]},
-        "duplicates": [
-            {
-                "removed": train_ids[i],
-                "kept": corpus.docs[split].ids[index],
-                "kept_split": split,
-                "kind": DUPLICATE_KINDS[decision.kind[i]],
-                "domain": domains[train_domains[i]],
-            }
-            for i, (split, index) in ((int(i), corpus.locate(int(k))) for i, k in zip(decision.removed_rows, decision.kept))
-        ],
+        "duplicates_file": DUPLICATES_FILE,
     }
+
+
+def write_duplicates(path: Path, corpus: SignedCorpus, decision: Decision, domains: Sequence[str]) -> None:
+    """One JSON line per removed train document, in stream order: its id, the id and split of
+    the document it duplicates, why it went, and its domain.
+
+    Written as the train ids stream past: a removed document's cluster starts earlier in
+    stream order, so its kept document's id has been read by then. Memory holds the ids of the
+    kept documents of clusters (and of the evaluation documents that train ones copy), never
+    the list.
+    """
+    n, train = corpus.n_train, corpus.docs["train"]
+    removed, kept = decision.removed_rows, decision.kept
+    kept_ids: dict[int, tuple[str, str]] = {}
+    evaluation = np.unique(kept[kept >= n]).tolist()
+    for split in corpus.docs:
+        if split != "train":
+            rows = [r for r in evaluation if corpus.locate(r)[0] == split]
+            picked = corpus.docs[split].ids.pick([corpus.locate(r)[1] for r in rows])
+            kept_ids.update((r, (split, doc_id)) for r, doc_id in zip(rows, picked))
+    firsts = iter(np.unique(kept[kept < n]).tolist() + [n])
+    first, r = next(firsts), 0
+    with open(path, "w", encoding="utf-8") as out:
+        for row, doc_id in zip(range(int(removed[-1]) + 1 if len(removed) else 0), train.ids):
+            if row == first:
+                kept_ids[row], first = ("train", doc_id), next(firsts)
+            if row == removed[r]:
+                split, kept_id = kept_ids[int(kept[r])]
+                entry = {"removed": doc_id, "kept": kept_id, "kept_split": split, "kind": DUPLICATE_KINDS[decision.kind[row]],
+                         "domain": domains[train.domains[row]]}
+                out.write(json.dumps(entry) + "\n")
+                r += 1
+
+
+def read_duplicates(folder: str | Path) -> Iterator[dict[str, str]]:
+    """The removed documents of a deduplicated dataset, as `write_duplicates` listed them."""
+    with open(Path(folder) / DUPLICATES_FILE, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)
 
 
 _SUMS = ("documents_before", "documents_removed", "tokens_before", "tokens_removed", *DUPLICATE_KINDS, "cross_domain")
@@ -420,5 +456,6 @@ def describe(report: dict[str, Any]) -> str:
             f"{name:<16}{c['documents_before']:>12}{c['documents_removed']:>9}{c['documents_after']:>9}{c['tokens_removed']:>16}"
             f"{c['exact']:>7}{c['near']:>7}{c['contamination']:>8}{cross:>11}"
         )
-    lines.append(f"written {report['out']} (fingerprint {report['fingerprint'][:12]})")
+    lines.append(f"written {report['out']} (fingerprint {report['fingerprint'][:12]}); the removed documents are listed in "
+                 f"{Path(report['out']) / report['duplicates_file']}")
     return "\n".join(lines)

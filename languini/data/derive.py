@@ -17,6 +17,7 @@ from __future__ import annotations
 import shutil
 import sys
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -105,7 +106,7 @@ class DocTable:
         return np.diff(self.offsets)
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.offsets) - 1
 
 
 def document_table(data: PreparedData, split: str = "train", progress: bool = False) -> DocTable:
@@ -161,15 +162,16 @@ def write_train(parent: PreparedData, table: DocTable, removed: np.ndarray, fold
     domains = manifest.domains
     writer = SplitWriter(folder / "train", dtype=np.dtype(manifest.dtype), eod_id=manifest.eod_id, domains=domains,
                          shard_tokens=manifest.shard_tokens)
-    stream, offsets, lengths_all = parent.stream("train"), table.offsets, table.tokens
+    stream, offsets = parent.stream("train"), table.offsets
+    ids = iter(table.ids)  # read in order: a lazily read split's ids need no index
     with tqdm(total=len(removed), desc="write", unit=" docs", disable=not progress, file=sys.stderr) as bar:
         for lo, hi in batches(offsets, TASK_TOKENS):
             keep = ~removed[lo:hi]
-            lengths = lengths_all[lo:hi]
+            lengths = np.diff(offsets[lo : hi + 1])
             tokens = stream.read(int(offsets[lo]), int(offsets[hi] - offsets[lo]))[np.repeat(keep, lengths)]
-            rows = lo + np.flatnonzero(keep)
-            infos = [DocInfo(table.ids[i], domains[table.domains[i]], int(table.n_bytes[i]), int(table.n_chars[i]))
-                     for i in rows]
+            columns = (keep, table.domains[lo:hi], table.n_bytes[lo:hi], table.n_chars[lo:hi])
+            infos = [DocInfo(doc_id, domains[d], n_bytes, n_chars)
+                     for doc_id, kept, d, n_bytes, n_chars in zip(islice(ids, hi - lo), *(c.tolist() for c in columns)) if kept]
             writer.add(EncodedBatch("train", tokens, lengths[keep].tolist(), infos))
             bar.update(hi - lo)
     return writer.close()
