@@ -136,10 +136,10 @@ def run_datasketch(texts: list[str], bands: int, rows: int) -> set[tuple[int, in
     return found
 
 
-def run_prepared(texts: list[str], workers: int) -> tuple[float, float, list[int], dict]:
+def run_prepared(texts: list[str], workers: int) -> tuple[float, float, list[int], list[dict]]:
     """`dedup()` on a prepared folder of the texts (preparing is not timed): its wall and CPU
-    seconds, the train documents it read (as indices into `texts`, in stream order) and its
-    report."""
+    seconds, the train documents it read (as indices into `texts`, in stream order) and the
+    removed documents it listed."""
     with tempfile.TemporaryDirectory(prefix="languini-bench-") as tmp:
         corpus = Path(tmp) / "corpus.jsonl"
         corpus.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
@@ -147,16 +147,16 @@ def run_prepared(texts: list[str], workers: int) -> tuple[float, float, list[int
         train = [int(i) for i in PreparedData(Path(tmp) / "data").documents("train").ids]
         report, seconds, cpu = timed(partial(dedup, threshold=THRESHOLD, num_perm=NUM_PERM, workers=workers, progress=False),
                                      Path(tmp) / "data", Path(tmp) / "out")
-        return seconds, cpu, train, report
+        return seconds, cpu, train, list(read_duplicates(report["out"]))
 
 
-def prepared_agrees(report: dict, train: list[int], signed: Signed) -> bool:
+def prepared_agrees(duplicates: list[dict], train: list[int], signed: Signed) -> bool:
     """Whether `dedup()` removed exactly the train documents the in-memory stages remove when
     given the train documents alone, each for the same kept document."""
     rows = np.array(train)
     first = representatives(int(rows.max()) + 1, linked_pairs(signed, rows, THRESHOLD))
     expected = {int(i): int(first[i]) for i in rows if first[i] != i}
-    return expected == {int(d["removed"]): int(d["kept"]) for d in read_duplicates(report["out"])}
+    return expected == {int(d["removed"]): int(d["kept"]) for d in duplicates}
 
 
 def score(found: set, planted: list[tuple[int, int, float]]) -> dict:
@@ -199,9 +199,9 @@ def main() -> None:
                 (first, signed) = out
             elif name == "datasketch":
                 found = out
-    prepared_seconds, prepared_cpu, train, report = run_prepared(texts, args.workers)
+    prepared_seconds, prepared_cpu, train, duplicates = run_prepared(texts, args.workers)
     in_train = set(train)
-    prepared_found = {(int(d["kept"]), int(d["removed"])) for d in read_duplicates(report["out"])}
+    prepared_found = {(int(d["kept"]), int(d["removed"])) for d in duplicates}
     prepared_planted = [(a, b, j) for a, b, j in planted if a in in_train and b in in_train]
     load_after = os.getloadavg()
 
@@ -233,7 +233,7 @@ def main() -> None:
             "train_documents": len(train), "seconds": round(prepared_seconds, 3), "docs_per_s": round(len(train) / prepared_seconds, 1),
             "cpu_seconds": round(prepared_cpu, 3), "docs_per_cpu_s": round(len(train) / prepared_cpu, 1),
             "planted_pairs_in_train": len(prepared_planted), "quality": score(prepared_found, prepared_planted),
-            "same_decisions_as_in_memory_stages": prepared_agrees(report, train, signed),
+            "same_decisions_as_in_memory_stages": prepared_agrees(duplicates, train, signed),
         },
         "targets": TARGETS,
         "meets_targets": {

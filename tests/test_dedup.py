@@ -175,7 +175,8 @@ def test_output_is_a_complete_dataset_with_the_parents_evaluation_splits(parent,
     assert manifest["fingerprint"] == report["fingerprint"] != original["fingerprint"]
     assert {k: manifest["splits"][k] for k in ("validation", "test")} == {k: original["splits"][k] for k in ("validation", "test")}
     assert manifest["splits"]["train"]["tokens"] == report["total"]["tokens_after"] == original["splits"]["train"]["tokens"] - report["total"]["tokens_removed"]
-    assert json.loads((out / "dedup.json").read_text()) == report
+    assert json.loads((out / "dedup.json").read_text()) == report and report["duplicates_file"] == "duplicates.jsonl"
+    assert len(list(read_duplicates(out))) == report["total"]["documents_removed"] == 5  # one line per removed document
     data = PreparedData(out)
     assert len(data.stream("train")) == report["total"]["tokens_after"] and data.documents("train").ids == list(found["train"])
     assert no_leftovers(tmp_path)
