@@ -52,9 +52,16 @@ _LETTER_SHARES /= _LETTER_SHARES.sum()
 REPO = Path(__file__).resolve().parent.parent
 MIXED_STREAM = """
 import sys, numpy as np
-from languini.data.loader import MixedStreams, PreparedData
+from languini.data.loader import PreparedData
+try:
+    from languini.data.streams import MixedStreams
+except ImportError:  # a baseline from before the streams left the loader
+    from languini.data.loader import MixedStreams
 data = PreparedData(sys.argv[1])
-weights = data.manifest.domain_tokens("train")
+if hasattr(data.manifest, "domain_tokens"):
+    weights = data.manifest.domain_tokens("train")
+else:  # a baseline from before the typed manifest view
+    weights = {d: s["tokens"] for d, s in data.manifest["splits"]["train"]["by_domain"].items()}
 streams = MixedStreams(data, "train", weights, batch_size=8, seq_len=512, seed=0)
 for step in range(200):
     streams.batch(step)
@@ -145,7 +152,9 @@ def measure(cmd: list[str], env: dict[str, str], disk_paths: list[Path], interva
     peaks = {"rss": 0, "pss": 0, "anon": 0, "disk": 0}
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # run from the temporary folder: `python -m`/`-c` put the working directory first on sys.path, and
+    # a languini checkout there would shadow the one PYTHONPATH names
+    proc = subprocess.Popen(cmd, env=env, cwd=env["TMPDIR"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done = threading.Event()
 
     def sample() -> None:
@@ -172,6 +181,7 @@ def measure(cmd: list[str], env: dict[str, str], disk_paths: list[Path], interva
 
 def run_code(code: Path, corpus: dict[str, Any], work: Path, workers: int, interval: float) -> dict[str, Any]:
     """prepare, dedup and a mixed-stream start with the languini at `code`."""
+    shutil.rmtree(work, ignore_errors=True)  # what an earlier run into a --keep folder left
     tmp = work / "tmp"
     tmp.mkdir(parents=True)
     env = {**os.environ, "PYTHONPATH": str(code), "TMPDIR": str(tmp)}
@@ -191,16 +201,22 @@ def run_code(code: Path, corpus: dict[str, Any], work: Path, workers: int, inter
     dedup["documents_removed"] = report["total"]["documents_before"] - report["total"]["documents_after"]
     mixed = measure([sys.executable, "-c", MIXED_STREAM, str(data)], env, [], interval)
     mixed.pop("output")
-    shutil.rmtree(work / "out", ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     return {"prepare": prepare, "dedup": dedup, "mixed_stream": mixed}
 
 
-def slope_per_document(rows: list[dict[str, Any]], command: str, key: str) -> float | None:
-    """Bytes per document by which a peak grows from the smallest to the largest size."""
-    if len(rows) < 2:
-        return None
-    a, b = rows[0], rows[-1]
+def slope_per_document(a: dict[str, Any], b: dict[str, Any], command: str, key: str) -> float:
+    """Bytes per document by which a peak grows from size `a` to size `b`."""
     return (b[command][key] - a[command][key]) * 1e6 / (b["corpus"]["documents"] - a["corpus"]["documents"])
+
+
+def growth(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each peak's slope per document from the smallest size to the largest, and between each two
+    consecutive sizes (issue 17's target is dedup's anonymous memory from 1 to 4 GB)."""
+    spans = [(rows[0], rows[-1])] + list(zip(rows, rows[1:])) if len(rows) > 2 else list(zip(rows, rows[1:]))
+    return {f"{a['text_gb']:g} to {b['text_gb']:g} GB": {
+        f"{c}_{k}_bytes_per_document": slope_per_document(a, b, c, k)
+        for c in ("prepare", "dedup", "mixed_stream") for k in ("peak_anon_mb", "peak_pss_mb")} for a, b in spans}
 
 
 def main() -> None:
@@ -209,7 +225,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--interval", type=float, default=0.25, help="seconds between /proc samples")
     parser.add_argument("--baseline", type=Path, default=None, help="another languini checkout to measure beside this one")
-    parser.add_argument("--keep", type=Path, default=None, help="generate into (and keep) this folder")
+    parser.add_argument("--keep", type=Path, default=None, help="generate into (and keep) this folder; a corpus kept there is reused")
     parser.add_argument("--name", default="scale-cpu", help="results/NAME.json")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="languini-scale-"))
@@ -219,10 +235,7 @@ def main() -> None:
     try:
         for gb in (float(s) for s in args.sizes.split(",")):
             folder = root / f"corpus-{gb:g}gb"
-            folder.mkdir(parents=True, exist_ok=True)
-            t = time.perf_counter()
-            corpus = generate(folder, gb * 1e9)
-            corpus["generate_s"] = round(time.perf_counter() - t, 1)
+            corpus = kept_corpus(folder, gb)
             for name, code in codes.items():
                 result = run_code(code, corpus, root / f"work-{name}-{gb:g}", args.workers, args.interval)
                 rows[name].append({"text_gb": gb, "corpus": {k: v for k, v in corpus.items() if k != "files"}, **result})
@@ -238,11 +251,24 @@ def main() -> None:
     print(f"wrote {path}")
 
 
+def kept_corpus(folder: Path, gb: float) -> dict[str, Any]:
+    """The corpus of `gb` GB in `folder`: generated, or read back where a `--keep` folder holds it
+    (the generator is deterministic, so a kept corpus is the one it would write)."""
+    record = folder / "corpus.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    corpus = generate(folder, gb * 1e9)
+    corpus["generate_s"] = round(time.perf_counter() - t, 1)
+    record.write_text(json.dumps(corpus))
+    return corpus
+
+
 def save(name: str, rows: dict[str, list[dict[str, Any]]], load: list[float], workers: int) -> Path:
-    growth = {name: {f"{c}_{k}_bytes_per_document": slope_per_document(r, c, k) for c in ("prepare", "dedup", "mixed_stream")
-                     for k in ("peak_anon_mb", "peak_pss_mb")} for name, r in rows.items()}
-    return write_result(name, {"workers": workers, "load_average_1min": load, "sizes": rows, "growth": growth,
-                                      "targets": {"prepare_peak_disk_over_output": 1.3}})
+    return write_result(name, {"workers": workers, "load_average_1min": load, "sizes": rows,
+                               "growth": {name: growth(r) for name, r in rows.items()},
+                               "targets": {"prepare_peak_disk_over_output": 1.3, "dedup_anon_bytes_per_document_1_to_4_gb": 40}})
 
 
 if __name__ == "__main__":
