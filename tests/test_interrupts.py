@@ -171,8 +171,9 @@ def test_perplexity_selection_stops_on_ctrl_c(data, trained, tmp_path):
 
 def test_make_tasks_stops_on_ctrl_c(data, tmp_path):
     out = tmp_path / "tasks"
+    # the whole command takes about 2.2 CPU seconds, 0.3 of them imports: stop it half-way through its work
     code, err, workers = interrupt(["data", "make-tasks", data, "--out", out, "--max-examples", 100000],
-                                         tmp_path, lambda proc, err: cpu_seconds(proc.pid) > 2, "task writing")
+                                         tmp_path, lambda proc, err: cpu_seconds(proc.pid) > 1, "task making")
     assert_stopped(code, err, workers, tmp_path)
     assert not out.exists()
 
