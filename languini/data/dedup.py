@@ -383,12 +383,11 @@ def write_duplicates(path: Path, corpus: SignedCorpus, decision: Decision, domai
     n, train = corpus.n_train, corpus.docs["train"]
     removed, kept = decision.removed_rows, decision.kept
     kept_ids: dict[int, tuple[str, str]] = {}
-    evaluation = np.unique(kept[kept >= n]).tolist()
-    for split in corpus.docs:
-        if split != "train":
-            rows = [r for r in evaluation if corpus.locate(r)[0] == split]
-            picked = corpus.docs[split].ids.pick([corpus.locate(r)[1] for r in rows])
-            kept_ids.update((r, (split, doc_id)) for r, doc_id in zip(rows, picked))
+    evaluation = [(row, *corpus.locate(row)) for row in np.unique(kept[kept >= n]).tolist()]
+    for split in {split for _, split, _ in evaluation}:
+        rows = [(row, index) for row, s, index in evaluation if s == split]
+        picked = corpus.docs[split].ids.pick([index for _, index in rows])
+        kept_ids.update((row, (split, doc_id)) for (row, _), doc_id in zip(rows, picked))
     firsts = iter(np.unique(kept[kept < n]).tolist() + [n])
     first, r = next(firsts), 0
     with open(path, "w", encoding="utf-8") as out:

@@ -106,8 +106,6 @@ class DocIds(Sequence[str]):
     def pick(self, indices: Sequence[int]) -> list[str]:
         """The ids at `indices` (any order), in one pass over the file: a report that names a few
         documents of a large split need not build the index that random access does."""
-        if "_starts" in vars(self):
-            return [self[i] for i in indices]
         order = sorted(range(len(indices)), key=lambda k: indices[k])
         out: list[str] = [""] * len(indices)
         with open(self.path, "rb") as f:
